@@ -1,0 +1,74 @@
+"""Multi-layer perceptron players for the 2-D mixture games.
+
+No BatchNorm on purpose: toy games are where we compare optimizers, and a
+batch-statistics layer would make F depend on the batch composition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["MLPDiscriminator", "MLPGenerator"]
+
+
+def _check_positive(name: str, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"Invalid {name}: {value}; expected an integer >= 1")
+
+
+def _mlp(in_dim: int, hidden_dim: int, num_layers: int, out_dim: int,
+         activation: Callable[[], nn.Module]) -> nn.Sequential:
+    """`num_layers` hidden Linear+activation layers, then one Linear read-out."""
+    layers: list[nn.Module] = []
+    width = in_dim
+    for _ in range(num_layers):
+        layers += [nn.Linear(width, hidden_dim), activation()]
+        width = hidden_dim
+    layers.append(nn.Linear(width, out_dim))
+    return nn.Sequential(*layers)
+
+
+class MLPGenerator(nn.Module):
+    """Maps z in R^latent_dim to a point in R^output_dim (unbounded output).
+
+    Args:
+        latent_dim: Size of the latent vector z.
+        output_dim: Size of one generated sample (2 for the mixtures).
+        hidden_dim: Width of every hidden layer.
+        num_layers: Number of hidden layers (each Linear + ReLU).
+    """
+
+    def __init__(self, latent_dim: int = 2, output_dim: int = 2, hidden_dim: int = 128, num_layers: int = 3) -> None:
+        for name, value in [("latent_dim", latent_dim), ("output_dim", output_dim), ("hidden_dim", hidden_dim),
+                            ("num_layers", num_layers)]:
+            _check_positive(name, value)
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.output_shape: tuple[int, ...] = (output_dim,)
+        self.net = _mlp(latent_dim, hidden_dim, num_layers, output_dim, nn.ReLU)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z)
+
+
+class MLPDiscriminator(nn.Module):
+    """Scores samples with one raw logit each; inputs are flattened, so (N, 1, 8, 8) works with input_dim=64.
+
+    Args:
+        input_dim: Number of features of one (flattened) sample.
+        hidden_dim: Width of every hidden layer.
+        num_layers: Number of hidden layers (each Linear + LeakyReLU(0.2)).
+    """
+
+    def __init__(self, input_dim: int = 2, hidden_dim: int = 128, num_layers: int = 3) -> None:
+        for name, value in [("input_dim", input_dim), ("hidden_dim", hidden_dim), ("num_layers", num_layers)]:
+            _check_positive(name, value)
+        super().__init__()
+        self.input_dim = input_dim
+        self.net = _mlp(input_dim, hidden_dim, num_layers, 1, lambda: nn.LeakyReLU(0.2))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(torch.flatten(x, 1)).squeeze(-1)
