@@ -1,0 +1,176 @@
+"""What every game data module shares: (x, index) items, rank-invariant sampling, resumable loaders.
+
+Sampling contract. The training loader always uses a ``DistributedSampler`` (also with one
+process), seeded with ``seed``. Rank r of W takes positions r, r + W, r + 2W, ... of one
+shared permutation, so with micro-batch B the union of the ranks' k-th batches is exactly
+the k-th batch of a 1-rank run with batch W*B, and each of the ``draws_per_step`` chunks
+of a batch matches chunk-wise too. A ``RandomSampler`` would draw another permutation.
+Lightning leaves a sampler that is already a ``DistributedSampler`` alone. The sampler
+(:class:`~lightning_gan.data.sampler.GameSampler`) counts its passes itself and keeps its position
+in its state, which ``StatefulDataLoader`` checkpoints: a resumed run replays and skips no batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sized
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from lightning_gan.data.sampler import GameSampler
+
+__all__ = ["GameDataModule", "IndexedTensorDataset", "ShardSampler", "to_unit_range"]
+
+
+def to_unit_range(images: Tensor) -> Tensor:
+    """uint8 pixels in [0, 255] -> float32 in [-1, 1]."""
+    return images.to(torch.float32).div_(127.5).sub_(1.0)
+
+
+class IndexedTensorDataset(Dataset):
+    """Items ``(x, index)`` from one tensor; uint8 images stay uint8 in memory and are scaled to [-1, 1] on access.
+
+    Args:
+        data: Samples stacked along dim 0 (uint8 images or float32 values).
+    """
+
+    def __init__(self, data: Tensor) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        x = self.data[index]
+        return (to_unit_range(x) if x.dtype == torch.uint8 else x), index
+
+
+class ShardSampler(DistributedSampler):
+    """Unpadded, unshuffled shard r::W of a held-out set, so every sample is seen exactly once.
+
+    A ``DistributedSampler`` subclass so that Lightning does not replace it with its padded one;
+    ranks may get up to one sample more than others, so no per-batch collectives in validation.
+    """
+
+    def __init__(self, dataset: Sized, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)  # type: ignore[arg-type]
+        self.num_samples = len(range(rank, len(dataset), num_replicas))
+        self.total_size = len(dataset)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.total_size, self.num_replicas))
+
+
+class GameDataModule(LightningDataModule):
+    """Base class: subclasses fill ``train_set`` (and ``val_set`` when there is a held-out split) in ``setup``.
+
+    Args:
+        batch_size: Micro-batch per rank and per draw (one F evaluation's real batch on one rank).
+        num_workers: DataLoader worker processes.
+        seed: Seed of the shuffling permutation (and of any generated or split data).
+    """
+
+    #: Number of independent real batches one game iteration consumes (e.g. 2 for extragradient).
+    #: Set by the training module before the dataloaders are built; each loader batch holds
+    #: ``batch_size * draws_per_step`` samples, to be split into ``draws_per_step`` chunks.
+    draws_per_step: int = 1
+
+    def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"Invalid batch_size: {batch_size}; expected an integer >= 1")
+        if num_workers < 0:
+            raise ValueError(f"Invalid num_workers: {num_workers}; expected an integer >= 0")
+        super().__init__()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    # -- hooks for subclasses ------------------------------------------------------------
+    def _load(self) -> None:
+        """Fill ``self.train_set`` (and ``self.val_set`` if any); raise one clear error if the data is missing."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self._load()
+
+    # -- loaders -------------------------------------------------------------------------
+    def _world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
+
+    def _train_dataset(self) -> Dataset:
+        self.setup("fit")
+        assert self.train_set is not None, "_load() must set train_set"
+        return self.train_set
+
+    def _train_loader(self, world_size: int, rank: int) -> StatefulDataLoader:
+        """The training loader of one rank of ``world_size``; ``train_dataloader`` passes the trainer's values."""
+        if self.draws_per_step < 1:
+            raise ValueError(f"Invalid draws_per_step: {self.draws_per_step}; expected an integer >= 1")
+        dataset = self._train_dataset()
+        batch = self.batch_size * self.draws_per_step
+        size = len(dataset)  # type: ignore[arg-type]
+        if size // world_size < batch:
+            raise ValueError(
+                f"Invalid batch_size: {self.batch_size}; {type(self).__name__} has {size} training samples, fewer "
+                f"than world_size * batch_size * draws_per_step = {world_size} * {self.batch_size} * "
+                f"{self.draws_per_step}, so drop_last would leave no batch"
+            )
+        sampler = GameSampler(dataset, num_replicas=world_size, rank=rank, seed=self.seed)
+        return StatefulDataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True,
+                                  num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        return self._train_loader(*self._world())
+
+    def _val_loader(self) -> DataLoader | list:
+        """Sequential loader over this rank's unpadded shard of the held-out split (subclasses with one opt in).
+
+        An empty list when the split is empty (e.g. ``num_val_samples=0``): Lightning then skips validation.
+        """
+        self.setup("validate")
+        if self.val_set is None:
+            return []
+        sampler = ShardSampler(self.val_set, *self._world())  # type: ignore[arg-type]
+        return DataLoader(self.val_set, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
+
+    def full_pass_dataloader(self, batch_size: int | None = None) -> DataLoader:
+        """One ordered pass over this rank's unpadded shard of the training set (e.g. SVRE's full mean mu).
+
+        Over all ranks every training sample appears exactly once; sum per rank, then all-reduce
+        the sum and the count. Items are ``(x, index)`` as in training.
+
+        Args:
+            batch_size: Samples per batch; defaults to ``batch_size * draws_per_step``.
+        """
+        dataset = self._train_dataset()
+        sampler = ShardSampler(dataset, *self._world())  # type: ignore[arg-type]
+        batch = batch_size or self.batch_size * self.draws_per_step
+        return DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=self.num_workers)
+
+    # -- real samples for metrics ----------------------------------------------------------
+    def sample_real(self, n: int) -> Tensor:
+        """``n`` training samples, the same on every call and every rank (seeded by ``seed``).
+
+        Draws without replacement in a seeded permutation; if ``n`` exceeds the training set,
+        further permutations are appended (each sample then appears at most ceil(n / len) times).
+        """
+        if n < 1:
+            raise ValueError(f"Invalid n: {n}; expected an integer >= 1")
+        dataset = self._train_dataset()
+        size = len(dataset)  # type: ignore[arg-type]
+        generator = torch.Generator().manual_seed(self.seed)
+        order = torch.cat([torch.randperm(size, generator=generator) for _ in range(math.ceil(n / size))])[:n]
+        if isinstance(dataset, IndexedTensorDataset):  # one gather instead of n item lookups
+            x = dataset.data[order]
+            return to_unit_range(x) if x.dtype == torch.uint8 else x.clone()
+        return torch.stack([dataset[i][0] for i in order.tolist()])
