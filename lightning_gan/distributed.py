@@ -1,0 +1,426 @@
+"""Distributed training for two-player games: a DDP strategy without the DDP wrapper, and all collectives.
+
+This is the only module of lightning-gan that talks to ``torch.distributed`` (STYLE.md pattern 8). It holds:
+
+* :class:`GameDDPStrategy` (registered as ``"game_ddp"``): Lightning's :class:`~lightning.pytorch.strategies.DDPStrategy`
+  minus the :class:`~torch.nn.parallel.DistributedDataParallel` wrapper. Lightning still creates the process group
+  (gloo on CPU, NCCL on GPU), reads the cluster environment (SLURM, torchelastic, ...), launches processes and adds
+  the ``DistributedSampler``; at the start of fitting rank 0's parameters and buffers are broadcast once. Gradients
+  are then synchronised by the LightningModule itself, one fused all-reduce per evaluation of the game vector field
+  (DESIGN.md section 3), because a DDP reducer around a module with two players and several backward passes per
+  step syncs the wrong thing or fails with "unused parameters" (DESIGN.md section 7).
+* Collective helpers: :func:`all_reduce_mean_`, :func:`all_reduce_sum_`, :func:`broadcast_tensors_`,
+  :func:`sync_buffers_`, :func:`reduce_boolean_decision` and :func:`check_ddp_consistency`. Each sends one flat
+  buffer per (device, dtype) group, never one message per parameter, and makes no collective call at all without a
+  process group or with a world size of 1.
+
+Every helper is a collective: all ranks must call it in the same order, with tensors of the same shapes, dtypes
+and order, or the job hangs or fails (use :func:`check_ddp_consistency` to find out which tensor went astray).
+
+Traps the module using this strategy must handle (the module owns them, not the strategy):
+
+* ``trainer.global_step``: with manual optimization it counts every ``step()`` of an optimizer obtained through
+  ``self.optimizers()`` (the ``LightningOptimizer`` wrapper). Optimizers taken with
+  ``self.optimizers(use_pl_optimizer=False)`` and stepped directly leave it at 0, so ``Trainer(max_steps=...)``
+  never stops the run; stepped through the wrapper, every player half-step counts (extragradient: 4 per iteration).
+  Count one global step per game iteration, e.g. by calling ``increment_ready()`` and ``increment_completed()`` on
+  ``trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress`` once per iteration.
+* BatchNorm: see :func:`convert_sync_batchnorm` for the policy.
+* Gradient clipping, accumulation and LR schedules are not done by Lightning under manual optimization.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Literal, Optional, Union
+
+import torch
+import torch.distributed as dist
+from lightning.fabric.plugins import CheckpointIO, ClusterEnvironment
+from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
+from lightning.fabric.strategies.registry import _StrategyRegistry
+from lightning.pytorch.accelerators import Accelerator
+from lightning.pytorch.overrides.distributed import _sync_module_states
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor, nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from typing_extensions import override
+
+__all__ = [
+    "STRATEGY_NAME",
+    "GameDDPStrategy",
+    "all_reduce_mean_",
+    "all_reduce_sum_",
+    "broadcast_tensors_",
+    "check_ddp_consistency",
+    "convert_sync_batchnorm",
+    "is_distributed",
+    "rank",
+    "reduce_boolean_decision",
+    "sync_buffers_",
+    "world_size",
+]
+
+log = logging.getLogger(__name__)
+
+#: Name under which :class:`GameDDPStrategy` is registered: ``Trainer(strategy="game_ddp")``.
+STRATEGY_NAME = "game_ddp"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Strategy
+
+
+class GameDDPStrategy(DDPStrategy):
+    """DDP for games: process group, samplers and cluster environment from Lightning, gradients synced by the module.
+
+    The LightningModule is *not* wrapped in :class:`~torch.nn.parallel.DistributedDataParallel`; ``strategy.model`` is
+    the LightningModule itself, so ``training_step`` is called directly. At the start of ``fit`` the parameters and
+    buffers of rank 0 are broadcast to all ranks (ranks may start from different initialisations). From then on the
+    module keeps the ranks identical by averaging gradients with :func:`all_reduce_mean_` before every optimizer step
+    (manual optimization, ``automatic_optimization = False``); buffers (BatchNorm statistics) are not synced on every
+    forward as DDP does, see :func:`convert_sync_batchnorm`.
+
+    Use it as ``Trainer(strategy="game_ddp", devices=N)`` or ``--trainer.strategy game_ddp``; the name is registered
+    when :mod:`lightning_gan.distributed` is imported. The arguments mean what they mean for ``DDPStrategy``; its
+    wrapper-only options (``find_unused_parameters``, ``static_graph``, communication hooks, post-local-SGD model
+    averaging) do not exist here, since no DDP reducer is created.
+
+    Args:
+        accelerator: Lightning accelerator; filled in by the Trainer when ``None``.
+        parallel_devices: devices of this node; filled in by the Trainer when ``None``.
+        cluster_environment: e.g. ``SLURMEnvironment()``; auto-detected when ``None``. Pass one explicitly inside Ray
+            trials (SLURM detection fails off the main thread).
+        checkpoint_io: checkpoint plugin.
+        precision_plugin: precision plugin.
+        process_group_backend: ``"gloo"``, ``"nccl"``, ...; ``None`` picks gloo on CPU and NCCL on CUDA.
+        timeout: timeout of collective operations.
+        start_method: how Lightning launches the other processes when it launches them itself: ``"popen"`` reruns
+            the command line (the default, works with the CLI), ``"spawn"``, ``"fork"`` or ``"forkserver"``.
+    """
+
+    strategy_name = STRATEGY_NAME
+
+    def __init__(
+        self,
+        accelerator: Optional[Accelerator] = None,
+        parallel_devices: Optional[list[torch.device]] = None,
+        cluster_environment: Optional[ClusterEnvironment] = None,
+        checkpoint_io: Optional[CheckpointIO] = None,
+        precision_plugin: Optional[Precision] = None,
+        process_group_backend: Optional[str] = None,
+        timeout: Optional[timedelta] = default_pg_timeout,
+        start_method: Literal["popen", "spawn", "fork", "forkserver"] = "popen",
+    ) -> None:
+        super().__init__(
+            accelerator=accelerator,
+            parallel_devices=parallel_devices,
+            cluster_environment=cluster_environment,
+            checkpoint_io=checkpoint_io,
+            precision_plugin=precision_plugin,
+            process_group_backend=process_group_backend,
+            timeout=timeout,
+            start_method=start_method,
+        )
+
+    @override
+    def configure_ddp(self) -> None:
+        """Broadcast rank 0's parameters and buffers instead of wrapping the module (DDP's constructor does the same
+        broadcast); ``_register_ddp_hooks`` is skipped, it asserts a DDP wrapper on CUDA.
+
+        Raises:
+            MisconfigurationException: the module uses automatic optimization, whose gradients nobody would sync, so
+                the ranks would silently drift apart. Raised on every rank, before any collective.
+        """
+        module = self.lightning_module
+        if module is not None and module.automatic_optimization:
+            raise MisconfigurationException(
+                f"`{type(self).__name__}` does not synchronise gradients, but {type(module).__name__} uses automatic"
+                " optimization, so its ranks would drift apart. Set `self.automatic_optimization = False` and average"
+                " the gradients with `lightning_gan.distributed.all_reduce_mean_`, or use `strategy='ddp'`."
+            )
+        log.debug(f"{type(self).__name__}: broadcasting rank 0's module states, no DistributedDataParallel wrapper")
+        assert isinstance(self.model, nn.Module)
+        _sync_module_states(self.model)
+
+    @override
+    def _setup_model(self, model: nn.Module) -> nn.Module:
+        """Return the module unwrapped, in case Lightning internals call this DDP-wrapping hook."""
+        return model
+
+    @override
+    def on_exception(self, exception: BaseException) -> None:
+        """Do not append DDPStrategy's "use ``find_unused_parameters=True``" advice: there is no DDP reducer here."""
+
+    @classmethod
+    @override
+    def register_strategies(cls, strategy_registry: _StrategyRegistry) -> None:
+        """Register only ``"game_ddp"``; the inherited method would re-register every ``"ddp*"`` name to this class."""
+        strategy_registry.register(
+            STRATEGY_NAME,
+            cls,
+            description="DDP without the module wrapper: the LightningModule all-reduces its own gradients",
+            override=True,  # re-importing (e.g. importlib.reload) must not fail
+        )
+
+
+GameDDPStrategy.register_strategies(StrategyRegistry)
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Return ``module`` with every ``BatchNorm*D`` replaced by :class:`torch.nn.SyncBatchNorm` (torch's converter).
+
+    BatchNorm policy of lightning-gan under :class:`GameDDPStrategy`, where no DDP wrapper re-broadcasts buffers on
+    every forward:
+
+    * SyncBatchNorm (this function, or ``Trainer(sync_batchnorm=True)``, which the strategy applies at ``fit``)
+      normalises with statistics over the global batch, so the running statistics stay identical on all ranks. torch
+      supports it on CUDA (and XPU/HPU) only: a CPU forward in training mode under a process group raises
+      ``ValueError``. Every forward of a SyncBatchNorm layer is a collective, so all ranks must run the same forwards.
+    * Otherwise each rank normalises with its own micro-batch statistics and running buffers drift apart; call
+      :func:`sync_buffers_` (rank 0's buffers) before evaluation and checkpointing.
+    * Prefer one discriminator forward on ``cat(real, fake)`` over two forwards per evaluation (DESIGN.md section 7).
+    """
+    return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Process group queries
+
+
+def is_distributed() -> bool:
+    """Whether a default process group exists (``torch.distributed`` available and initialised)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    """Number of ranks in the default process group; 1 without one."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    """Global rank of this process; 0 without a process group."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def _collective_device() -> torch.device:
+    """Device for small bookkeeping tensors: NCCL only moves CUDA tensors, gloo moves CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Flat-buffer collectives
+
+
+def _checked(tensors: Sequence[Tensor], caller: str, *, floating: bool = False) -> list[Tensor]:
+    """Validate on every rank, with or without a process group, so that one-process runs catch the same mistakes."""
+    if isinstance(tensors, Tensor):
+        raise TypeError(f"{caller} expects a sequence of tensors, got a single Tensor of shape {tuple(tensors.shape)}")
+    tensors = list(tensors)
+    for i, t in enumerate(tensors):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{caller}: tensors[{i}] is {type(t).__name__}, expected a Tensor (a None gradient?)")
+        if t.layout != torch.strided:
+            raise TypeError(f"{caller}: tensors[{i}] has layout {t.layout}, only dense (strided) tensors are supported")
+        if floating and not (t.is_floating_point() or t.is_complex()):
+            raise TypeError(f"{caller}: tensors[{i}] has dtype {t.dtype}, a mean needs a floating point dtype")
+    return tensors
+
+
+def _groups(tensors: list[Tensor]) -> list[list[Tensor]]:
+    """Split into (device, dtype) groups in order of first appearance; one flat buffer per group."""
+    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    return list(groups.values())
+
+
+@torch.no_grad()
+def _all_reduce_flat_(tensors: list[Tensor], *, mean: bool) -> None:
+    """Sum (then divide) each group through one flat buffer; groups are launched together and then waited for."""
+    n = world_size()
+    pending = []
+    for group in _groups(tensors):
+        flat = _flatten_dense_tensors(group)  # one copy into a contiguous buffer (a view if the group is one tensor)
+        # SUM then divide: ReduceOp.AVG exists for NCCL only, not for gloo
+        pending.append((group, flat, dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True)))
+    for group, flat, work in pending:
+        work.wait()
+        if mean:
+            flat.div_(n)
+        torch._foreach_copy_(group, _unflatten_dense_tensors(flat, group))
+
+
+def all_reduce_mean_(tensors: Sequence[Tensor]) -> None:
+    """Replace each tensor by its mean over ranks, in place, with one ``all_reduce`` per (device, dtype) group.
+
+    Typical use: the gradients of both players of one game-vector-field evaluation, as one list, so that the
+    evaluation costs one collective. Tensors may differ in shape; all ranks must pass the same shapes in the same
+    order. Without a process group or with one rank nothing is sent.
+
+    Raises:
+        TypeError: an entry is not a dense floating point (or complex) tensor, e.g. a ``None`` gradient.
+    """
+    tensors = _checked(tensors, "all_reduce_mean_", floating=True)
+    if tensors and world_size() > 1:
+        _all_reduce_flat_(tensors, mean=True)
+
+
+def all_reduce_sum_(tensors: Sequence[Tensor]) -> None:
+    """Replace each tensor by its sum over ranks, in place, with one ``all_reduce`` per (device, dtype) group.
+
+    Use it for sums with counts, e.g. SVRE's full-data mean ``mu`` (local sums and the local sample count, reduced
+    together, then divided by the global count). No collective without a process group or with one rank.
+
+    Raises:
+        TypeError: an entry is not a dense tensor.
+    """
+    tensors = _checked(tensors, "all_reduce_sum_")
+    if tensors and world_size() > 1:
+        _all_reduce_flat_(tensors, mean=False)
+
+
+@torch.no_grad()
+def broadcast_tensors_(tensors: Sequence[Tensor], src: int = 0) -> None:
+    """Overwrite each tensor with rank ``src``'s copy, in place, with one ``broadcast`` per (device, dtype) group.
+
+    No collective without a process group or with one rank.
+
+    Raises:
+        TypeError: an entry is not a dense tensor.
+        ValueError: ``src`` is not a rank of the process group.
+    """
+    tensors = _checked(tensors, "broadcast_tensors_")
+    n = world_size()
+    if not 0 <= src < n:
+        raise ValueError(f"Invalid src rank: {src} (world size {n})")
+    if not tensors or n == 1:
+        return
+    pending = []
+    for group in _groups(tensors):
+        flat = _flatten_dense_tensors(group)
+        pending.append((group, flat, dist.broadcast(flat, src=src, async_op=True)))
+    for group, flat, work in pending:
+        work.wait()
+        torch._foreach_copy_(group, _unflatten_dense_tensors(flat, group))
+
+
+def sync_buffers_(module: nn.Module, src: int = 0) -> None:
+    """Broadcast ``module``'s buffers (e.g. BatchNorm running statistics) from rank ``src``: one flat broadcast.
+
+    Part of the BatchNorm policy (see :func:`convert_sync_batchnorm`): without SyncBatchNorm each rank's running
+    statistics drift; call this before evaluation and checkpointing so every rank evaluates and saves rank 0's.
+    """
+    broadcast_tensors_(list(module.buffers()), src=src)
+
+
+def reduce_boolean_decision(flag: bool, all: bool = True) -> bool:  # noqa: A002 (same signature as Lightning's)
+    """Agree on a decision across ranks: logical AND (``all=True``) or OR (``all=False``) with one ``all_reduce``.
+
+    For stop/save/snapshot decisions that would hang the job if only some ranks took them (STYLE.md pattern 11).
+    """
+    if world_size() == 1:
+        return bool(flag)
+    votes = torch.tensor([int(bool(flag))], dtype=torch.int32, device=_collective_device())
+    dist.all_reduce(votes, op=dist.ReduceOp.SUM)
+    count = int(votes.item())  # a sync point
+    return count == world_size() if all else count > 0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Consistency check
+
+
+def _named_tensors(
+    module_or_tensors: Union[nn.Module, Mapping[str, Tensor], Sequence[Tensor]], name: str
+) -> list[tuple[str, Tensor]]:
+    """Parameters and buffers of a module, items of a mapping, or indexed entries of a sequence, with full names."""
+    if isinstance(module_or_tensors, nn.Module):
+        items = [*module_or_tensors.named_parameters(), *module_or_tensors.named_buffers()]
+    elif isinstance(module_or_tensors, Mapping):
+        items = [(str(k), v) for k, v in module_or_tensors.items()]
+    elif isinstance(module_or_tensors, Sequence) and not isinstance(module_or_tensors, (str, Tensor)):
+        items = [(f"[{i}]", t) for i, t in enumerate(module_or_tensors)]
+    else:
+        raise TypeError(
+            "check_ddp_consistency expects a Module, a mapping of tensors or a sequence of tensors,"
+            f" got {type(module_or_tensors).__name__}"
+        )
+    named = []
+    for key, t in items:
+        full = f"{name}.{key}" if name and not key.startswith("[") else f"{name}{key}"
+        if not isinstance(t, Tensor):
+            raise TypeError(f"check_ddp_consistency: {full!r} is {type(t).__name__}, expected a Tensor")
+        named.append((full, t.detach()))
+    return named
+
+
+def _raw_bytes(t: Tensor) -> Tensor:
+    """The tensor's bits as a flat uint8 tensor, so that comparisons are exact (NaN == NaN, -0.0 != 0.0)."""
+    return t.reshape(-1).view(torch.uint8)
+
+
+@torch.no_grad()
+def check_ddp_consistency(
+    module_or_tensors: Union[nn.Module, Mapping[str, Tensor], Sequence[Tensor]], name: str = ""
+) -> None:
+    """Raise on every rank if any parameter or buffer is not bit-identical to rank 0's copy.
+
+    Run it before checkpoints and in DDP tests (stylegan2-ada's ``misc.check_ddp_consistency``). Costs one small
+    ``all_reduce`` to compare the tensors' count and sizes (so that a structural mismatch raises instead of hanging),
+    one ``broadcast`` of rank 0's raw bytes per device, and one ``all_reduce`` of per-tensor mismatch flags, so that
+    all ranks agree and raise together. No collective without a process group or with one rank.
+
+    Args:
+        module_or_tensors: a module (its parameters and buffers), a mapping name -> tensor, or a sequence of tensors.
+        name: prefix for the names in the error message, e.g. ``"generator"``.
+
+    Raises:
+        RuntimeError: naming the first tensor that differs, or saying that ranks hold different tensor layouts.
+    """
+    named = _named_tensors(module_or_tensors, name)
+    n = world_size()
+    if n == 1:
+        return
+    device = _collective_device()
+    label = f" of {name!r}" if name else ""
+
+    # 1. same number of tensors and bytes on every rank: max(x) == -max(-x) for every statistic
+    nbytes = [t.numel() * t.element_size() for _, t in named]
+    stats = torch.tensor(
+        [len(named), sum(nbytes), sum((i + 1) * b for i, b in enumerate(nbytes))], dtype=torch.int64, device=device
+    )
+    both = torch.cat([stats, -stats])
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)
+    if not torch.equal(both[:3], -both[3:]):
+        raise RuntimeError(
+            f"DDP consistency check{label} failed: ranks hold different numbers or sizes of tensors"
+            f" (this rank {rank()}: {len(named)} tensors, {sum(nbytes)} bytes)"
+        )
+
+    # 2. compare every tensor's bits with rank 0's, one broadcast per device
+    flags = torch.zeros(len(named), dtype=torch.int32, device=device)
+    by_device: dict[torch.device, list[int]] = {}
+    for i, (_, t) in enumerate(named):
+        by_device.setdefault(t.device, []).append(i)
+    for indices in by_device.values():
+        local = [_raw_bytes(named[i][1]) for i in indices]
+        reference = torch.cat(local)
+        dist.broadcast(reference, src=0)
+        differs = [torch.ne(mine, ref).any() for mine, ref in zip(local, _unflatten_dense_tensors(reference, local))]
+        flags[indices] = torch.stack(differs).to(device=device, dtype=torch.int32)
+    dist.all_reduce(flags, op=dist.ReduceOp.SUM)
+
+    bad = flags.nonzero().flatten().tolist()  # a sync point
+    if bad:
+        first, count = named[bad[0]][0], int(flags[bad[0]])
+        raise RuntimeError(
+            f"DDP consistency check{label} failed: {first!r} differs from rank 0's copy on {count} of {n - 1} other"
+            f" rank(s); {len(bad)} of {len(named)} tensors differ in total"
+        )
