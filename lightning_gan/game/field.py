@@ -1,0 +1,189 @@
+"""The game vector field F(w; xi) = (grad_theta L_G, grad_phi L_D) of a GAN at one point.
+
+Every scheme (simultaneous, alternating, extragradient, optimistic, SVRE) is a
+way of calling :func:`gan_field` and moving the players; this module only
+evaluates. Both players' gradients come from the same point w = (theta, phi)
+and the same sample xi = (real, z), before anything moves, via
+``torch.autograd.grad``: parameters and their ``.grad`` are never written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from lightning_gan.game.losses import GANLoss
+
+__all__ = ["FieldValue", "gan_field", "flat_norm", "trainable_parameters"]
+
+
+@dataclass(frozen=True)
+class FieldValue:
+    """F at one point on one sample, plus detached scalars for logging.
+
+    Gradient lists follow :func:`trainable_parameters` order and hold zeros
+    (never None) for parameters the loss does not reach.
+    """
+
+    generator_grads: list[Tensor]
+    discriminator_grads: list[Tensor]
+    generator_loss: Tensor  # L_G, detached
+    discriminator_loss: Tensor  # L_D including the penalty, detached
+    d_real: Tensor  # mean score on real samples, detached
+    d_fake: Tensor  # mean score on fake samples, detached
+    penalty: Tensor | None = None  # D's penalty alone, detached; None without one
+
+    @property
+    def grads(self) -> list[Tensor]:
+        """The stacked field: generator's gradients, then the discriminator's."""
+        return self.generator_grads + self.discriminator_grads
+
+    def norm(self) -> Tensor:
+        """||F||, the Euclidean norm of both players' gradients together."""
+        return flat_norm(self.grads)
+
+
+def trainable_parameters(module: nn.Module) -> list[Tensor]:
+    """``[p for p in module.parameters() if p.requires_grad]``: the order of F's entries."""
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def flat_norm(tensors: Iterable[Tensor]) -> Tensor:
+    """Euclidean norm of a list of tensors seen as one flat vector (0 for an empty list)."""
+    tensors = list(tensors)
+    if not tensors:
+        return torch.zeros(())
+    device = tensors[0].device
+    norms = [torch.linalg.vector_norm(t).to(device) for t in tensors]
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
+def _grad(output: Tensor, params: Sequence[Tensor], *, retain_graph: bool) -> list[Tensor]:
+    """d output / d params, with zeros where ``output`` does not depend on a parameter."""
+    if not params:
+        return []
+    if not output.requires_grad:  # e.g. D's scores do not depend on G at all
+        return [torch.zeros_like(p) for p in params]
+    grads = torch.autograd.grad(output, params, retain_graph=retain_graph, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+def _split_scores(scores: Tensor, n_real: int, n_total: int) -> tuple[Tensor, Tensor]:
+    if scores.numel() != n_total or scores.dim() > 2:
+        raise ValueError(
+            f"Invalid discriminator output shape: {tuple(scores.shape)}; "
+            f"expected one score per sample, ({n_total},) or ({n_total}, 1)"
+        )
+    scores = scores.reshape(n_total)
+    return scores[:n_real], scores[n_real:]
+
+
+def _check_fast_path(loss: GANLoss, discriminator: nn.Module) -> None:
+    if not loss.zero_sum:
+        raise ValueError(
+            f"Invalid fast_zero_sum=True for {loss!r}: it is not zero-sum; "
+            "expected fast_zero_sum=False or a zero-sum loss (minimax, WGAN)"
+        )
+    coupled = [
+        name
+        for name, m in discriminator.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and (m.training or m.running_mean is None)  # batch statistics in use
+    ]
+    if coupled:
+        raise ValueError(
+            f"Invalid fast_zero_sum=True with BatchNorm on batch statistics in the discriminator "
+            f"({', '.join(coupled)}): batch statistics couple real and fake scores; "
+            "expected fast_zero_sum=False, eval mode or a D without BatchNorm"
+        )
+
+
+def gan_field(
+    generator: nn.Module,
+    discriminator: nn.Module,
+    loss: GANLoss,
+    real: Tensor,
+    z: Tensor,
+    *,
+    generator_rng: torch.Generator | None = None,
+    fast_zero_sum: bool = False,
+) -> FieldValue:
+    """Evaluate F(w; xi) = (grad_theta L_G, grad_phi L_D) at the players' current parameters.
+
+    Cost: one forward of G on ``z``; one forward of D on ``cat([real, fake])``
+    (so a train-mode BatchNorm in D normalises one batch holding both, and its
+    running statistics move once); then two backward passes, one per player
+    (L_D to phi, L_G to theta through D). A penalty (GP, R1) adds one D
+    forward on its own inputs and a double backward through D.
+
+    ``fast_zero_sum=True`` makes it one backward pass for a zero-sum loss: the
+    gradient of L_D with respect to (theta, phi), whose theta part is then
+    -grad L_G. That holds only if D scores each sample independently: with a
+    train-mode BatchNorm (or minibatch statistics) in D, the real samples'
+    scores depend on the fakes, L_D's real term depends on theta, and the
+    shortcut gives a different (wrong) G gradient. Hence opt-in; BatchNorm on
+    batch statistics in D is refused. Penalties are detached from G: no effect.
+
+    Nothing is written: no parameter moves, ``.grad`` is neither read nor
+    written (``torch.autograd.grad``, not ``.backward()``), so any scheme may
+    call this at any point, e.g. at an extrapolated one. Buffers (BatchNorm
+    running statistics) do update as in any train-mode forward (the
+    penalty's D forward included).
+
+    Args:
+        generator: G, maps ``z`` to samples shaped like ``real``.
+        discriminator: D, maps samples to one raw score each, ``Tensor[N]``
+            (``[N, 1]`` is accepted).
+        loss: the pair of objectives and D's penalty.
+        real: a batch of data.
+        z: a batch of latent vectors.
+        generator_rng: ``torch.Generator`` for the penalty's randomness
+            (WGAN-GP interpolation weights); None draws from the global RNG.
+        fast_zero_sum: use the single-backward path (see above); needs
+            ``loss.zero_sum`` and a D that scores samples independently.
+
+    Returns:
+        The field and detached losses and mean scores, as a :class:`FieldValue`.
+    """
+    if fast_zero_sum:
+        _check_fast_path(loss, discriminator)
+    g_params = trainable_parameters(generator)
+    d_params = trainable_parameters(discriminator)
+    with torch.enable_grad():
+        fake = generator(z)
+        if fake.shape[1:] != real.shape[1:]:
+            raise ValueError(
+                f"Invalid generator output shape: {tuple(fake.shape)}; expected "
+                f"samples shaped like the real batch, (N, {', '.join(map(str, real.shape[1:]))})"
+            )
+        n_real = real.shape[0]
+        scores = discriminator(torch.cat([real, fake]))
+        d_real, d_fake = _split_scores(scores, n_real, n_real + fake.shape[0])
+
+        loss_d = loss.discriminator_loss(d_real, d_fake)
+        penalty = loss.penalty(discriminator, real, fake, generator=generator_rng)
+        if penalty is not None:
+            loss_d = loss_d + penalty
+        loss_g = loss.generator_loss(d_fake)
+
+        if fast_zero_sum:
+            grads = _grad(loss_d, d_params + g_params, retain_graph=False)
+            d_grads = grads[: len(d_params)]
+            g_grads = [g.neg() for g in grads[len(d_params) :]]
+        else:
+            # L_D to phi only: autograd prunes G's graph, so G is not traversed here.
+            d_grads = _grad(loss_d, d_params, retain_graph=True)
+            g_grads = _grad(loss_g, g_params, retain_graph=False)
+
+    return FieldValue(
+        generator_grads=g_grads,
+        discriminator_grads=d_grads,
+        generator_loss=loss_g.detach(),
+        discriminator_loss=loss_d.detach(),
+        d_real=d_real.detach().mean(),
+        d_fake=d_fake.detach().mean(),
+        penalty=None if penalty is None else penalty.detach(),
+    )
