@@ -1,0 +1,56 @@
+"""Small GAN runs for the trainer's tests: MLP players on a 2-D mixture, CPU, quiet trainers."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+
+from lightning_gan.data import GaussianMixtureDataModule
+from lightning_gan.models import MLPDiscriminator, MLPGenerator
+from lightning_gan.module import GANModule
+from lightning_gan.optim.factory import OptimizerConfig
+
+SCHEMES = ["simultaneous", "alternating", "extragradient", "past_extragradient", "optimistic"]
+
+
+def make_module(scheme: str = "simultaneous", *, init_seed: int = 0, **kwargs) -> GANModule:
+    torch.manual_seed(init_seed)
+    kwargs.setdefault("g_optimizer", OptimizerConfig(rule="adam", lr=1e-3, momentum=0.5, beta2=0.9))
+    kwargs.setdefault("d_optimizer", OptimizerConfig(rule="sgd", lr=2e-3, momentum=-0.3))
+    if scheme == "alternating":
+        kwargs.setdefault("n_dis", 2)
+    return GANModule(
+        MLPGenerator(latent_dim=4, hidden_dim=32, num_layers=2),
+        MLPDiscriminator(hidden_dim=32, num_layers=2),
+        scheme=scheme,
+        **kwargs,
+    )
+
+
+def make_data(batch_size: int = 16, num_samples: int = 512, seed: int = 0) -> GaussianMixtureDataModule:
+    return GaussianMixtureDataModule(kind="ring", num_samples=num_samples, batch_size=batch_size, seed=seed)
+
+
+def make_trainer(max_steps: int, **kwargs) -> pl.Trainer:
+    kwargs.setdefault("logger", False)
+    kwargs.setdefault("enable_checkpointing", False)
+    return pl.Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        **kwargs,
+    )
+
+
+def state_of(module: GANModule) -> dict[str, torch.Tensor]:
+    """Everything that must match between two runs: players, averages and optimizer states."""
+    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    for i, optimizer in enumerate(module.optimizers(use_pl_optimizer=False)):
+        for j, per_param in optimizer.state_dict()["state"].items():
+            for key, value in per_param.items():
+                if torch.is_tensor(value):
+                    state[f"optimizer{i}.{j}.{key}"] = value.detach().clone()
+    return state
