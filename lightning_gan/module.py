@@ -12,8 +12,9 @@ from torch import Tensor, nn
 
 from lightning_gan import distributed
 from lightning_gan.averaging import PlayerAverages
-from lightning_gan.game.gan_step import GANGameStep, LatentSampler, MicroBatch
-from lightning_gan.game.losses import GANLoss, get_loss
+from lightning_gan.game.gan import GANGame, LatentSampler, MicroBatch
+from lightning_gan.game.losses import GANLoss, clip_weights_, get_loss
+from lightning_gan.game.step import GameStep
 from lightning_gan.optim.factory import OptimizerConfig
 from lightning_gan.schemes import DISCRIMINATOR, GENERATOR, SCHEMES, make_scheme
 
@@ -105,7 +106,7 @@ class GANModule(pl.LightningModule):
         self.penalty_rng = torch.Generator().manual_seed(seed + 1)
         self.evaluations = 0  # F evaluations so far (all-reduces of the field)
         self.images_seen = 0  # real images consumed so far, over all ranks
-        self._game: GANGameStep | None = None
+        self._game: GameStep | None = None
 
     # -- set-up ------------------------------------------------------------------------------------
 
@@ -134,13 +135,18 @@ class GANModule(pl.LightningModule):
         ]
 
     @property
-    def game(self) -> GANGameStep:
-        """The game the scheme drives, bound to this run's optimizers."""
+    def game(self) -> GameStep:
+        """The game the scheme drives, bound to this run's players and optimizers."""
         optimizers = self.optimizers(use_pl_optimizer=False)
         if self._game is None or self._game.optimizers != list(optimizers):
-            self._game = GANGameStep(self.generator, self.discriminator, self.loss, optimizers,
-                                     weight_clip=self.weight_clip, penalty_rng=self.penalty_rng)
+            game = GANGame(self.generator, self.discriminator, self.loss, penalty_rng=self.penalty_rng)
+            self._game = GameStep(game, optimizers, projection=self._project)
         return self._game
+
+    def _project(self) -> None:
+        """WGAN weight clipping: the projection onto D's constraint set after every parameter move."""
+        if self.weight_clip is not None:
+            clip_weights_(self.discriminator, self.weight_clip)
 
     # -- one game iteration ------------------------------------------------------------------------
 
@@ -188,8 +194,8 @@ class GANModule(pl.LightningModule):
         progress.increment_ready()
         progress.increment_completed()
 
-    def _log_step(self, game: GANGameStep) -> None:
-        stats = game.stats
+    def _log_step(self, game: GameStep) -> None:
+        stats = game.game.stats
         values = {
             "train/loss_generator": stats.generator_loss,
             "train/loss_discriminator": stats.discriminator_loss,
@@ -197,8 +203,8 @@ class GANModule(pl.LightningModule):
             "train/d_fake": stats.d_fake,
         }
         for player, name in ((GENERATOR, "generator"), (DISCRIMINATOR, "discriminator")):
-            if player in stats.grad_norms:
-                values[f"train/grad_norm_{name}"] = stats.grad_norms[player]
+            if player in game.grad_norms:
+                values[f"train/grad_norm_{name}"] = game.grad_norms[player]
         for optimizer, name in zip(game.optimizers, ("generator", "discriminator")):
             values[f"train/lr_{name}"] = float(optimizer.param_groups[0]["lr"])
         values["train/evaluations"] = float(self.evaluations)

@@ -1,0 +1,87 @@
+"""A GAN as a two-player game: players (G, D), and F averaged over the micro-batches of a sample."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lightning_gan.game.field import gan_field
+from lightning_gan.game.losses import GANLoss
+
+MicroBatch = tuple[Tensor, Tensor]  # (real, z)
+
+
+class LatentSampler:
+    """z ~ N(0, I), drawn for the *global* batch from a generator seeded identically on every rank.
+
+    Each rank keeps rows ``rank::world``: the rows that the distributed sampler pairs with its real
+    samples. So a run on W ranks with micro-batch B sees the same (real, z) pairs as a run on one rank
+    with batch W*B, and resuming restores the stream from the generator state.
+    """
+
+    def __init__(self, latent_dim: int, seed: int = 0) -> None:
+        self.latent_dim = latent_dim
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def draw(self, count: int, *, world_size: int = 1, rank: int = 0, device: torch.device | str = "cpu") -> Tensor:
+        z = torch.randn(count * world_size, self.latent_dim, generator=self.generator)
+        return z[rank::world_size].to(device)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+@dataclass
+class FieldStats:
+    """Detached scalars of the last evaluation, for logging (no host sync until someone reads them)."""
+
+    generator_loss: Tensor | None = None
+    discriminator_loss: Tensor | None = None
+    d_real: Tensor | None = None
+    d_fake: Tensor | None = None
+
+
+class GANGame:
+    """Players ``(generator, discriminator)``; ``field(sample)`` is F averaged over the sample's micro-batches.
+
+    Args:
+        generator: player 0.
+        discriminator: player 1.
+        loss: the players' objectives.
+        penalty_rng: the generator of the gradient penalty's interpolation weights.
+    """
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, loss: GANLoss,
+                 penalty_rng: torch.Generator | None = None) -> None:
+        self.players = (generator, discriminator)
+        self.loss = loss
+        self.penalty_rng = penalty_rng
+        self.stats = FieldStats()
+
+    def field(self, sample: Sequence[MicroBatch]) -> list[list[Tensor]]:
+        """F on this rank: the mean over the micro-batches ``(real, z)`` of ``sample`` (no communication)."""
+        generator, discriminator = self.players
+        sums: list[list[Tensor]] | None = None
+        losses = []
+        for real, z in sample:
+            value = gan_field(generator, discriminator, self.loss, real, z, generator_rng=self.penalty_rng)
+            losses.append(torch.stack([value.generator_loss, value.discriminator_loss, value.d_real, value.d_fake]))
+            if sums is None:
+                sums = [list(value.generator_grads), list(value.discriminator_grads)]
+            else:
+                torch._foreach_add_(sums[0], value.generator_grads)
+                torch._foreach_add_(sums[1], value.discriminator_grads)
+        assert sums is not None, "a sample holds at least one micro-batch"
+        if len(sample) > 1:
+            for grads in sums:
+                if grads:
+                    torch._foreach_div_(grads, float(len(sample)))
+        mean = torch.stack(losses).mean(0)
+        self.stats = FieldStats(*mean)
+        return sums

@@ -1,0 +1,91 @@
+"""One evaluation of a game's vector field as a scheme needs it: estimate, all-reduce once, write ``.grad``.
+
+A *game* is anything with ``players`` (two ``nn.Module``) and ``field(sample)`` returning each
+player's gradient list at the current point without writing ``.grad`` (:class:`GANGame`, the toys
+of :mod:`lightning_gan.game.toys`). :class:`GameStep` turns it into the
+:class:`~lightning_gan.schemes.GameStep` that the schemes drive, so GANs and toys share one path:
+
+    local = game.field(sample)                        # this rank, no communication
+    local = estimator.correct(local, sample)          # SVRE: F(w) - F(w_snap), same sample
+    all_reduce_mean_(local of the evaluated players)  # ONE collective, both players fused
+    estimate = estimator.add_mean(...)                # SVRE: + mu (already global)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, Sequence
+
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from lightning_gan import distributed
+from lightning_gan.game.field import flat_norm
+from lightning_gan.schemes import BOTH
+
+Field = list[list[Tensor]]
+
+
+class Game(Protocol):
+    players: Sequence[nn.Module]
+
+    def field(self, sample: Any) -> Field:
+        """Each player's gradient (a list per player) at the current point, on this rank's sample."""
+
+
+class Estimator(Protocol):
+    """What is evaluated in place of the plain field (see :mod:`lightning_gan.optim.svre`)."""
+
+    def correct(self, local: Field, sample: Any) -> Field:
+        """The part of the estimate that is all-reduced, computed from the plain local field."""
+
+    def add_mean(self, grads: Sequence[list[Tensor]], players: Sequence[int]) -> None:
+        """Complete the all-reduced part in place (e.g. add the snapshot mean mu)."""
+
+
+class GameStep:
+    """Drives ``game`` for a scheme: evaluate, reduce, write ``.grad``; project after moves.
+
+    Args:
+        game: the game (players and field).
+        optimizers: one optimizer per player, in player order.
+        estimator: None for the plain field, or a variance-reduced estimator.
+        reduce: the in-place mean over ranks, called once per evaluation.
+        projection: called after every parameter move (e.g. WGAN weight clipping of D).
+    """
+
+    def __init__(
+        self,
+        game: Game,
+        optimizers: Sequence[Optimizer],
+        *,
+        estimator: Estimator | None = None,
+        reduce: Callable[[Sequence[Tensor]], None] = distributed.all_reduce_mean_,
+        projection: Callable[[], None] | None = None,
+    ) -> None:
+        self.game = game
+        self.optimizers = list(optimizers)
+        self.estimator = estimator
+        self.reduce = reduce
+        self.projection = projection
+        self.params = [[p for p in player.parameters() if p.requires_grad] for player in game.players]
+        self.grad_norms: dict[int, Tensor] = {}
+        self.evaluations = 0
+
+    def evaluate(self, sample: Any, players: Sequence[int] = BOTH) -> None:
+        """Evaluate the (estimated) field on ``sample``, all-reduce it in one collective, write ``.grad``."""
+        local = self.game.field(sample)
+        if self.estimator is not None:
+            local = self.estimator.correct(local, sample)
+        grads = [local[player] for player in players]
+        self.reduce([g for player_grads in grads for g in player_grads])
+        if self.estimator is not None:
+            self.estimator.add_mean(grads, players)
+        for player, player_grads in zip(players, grads):
+            for p, g in zip(self.params[player], player_grads):
+                p.grad = g
+            self.grad_norms[player] = flat_norm(player_grads)
+        self.evaluations += 1
+
+    def project(self) -> None:
+        if self.projection is not None:
+            self.projection()
