@@ -12,11 +12,12 @@ from torch import Tensor, nn
 
 from lightning_gan import distributed
 from lightning_gan.averaging import PlayerAverages
-from lightning_gan.game.gan import GANGame, LatentSampler, MicroBatch
+from lightning_gan.game.gan import GANGame, LatentBank, LatentSampler, MicroBatch
 from lightning_gan.game.losses import GANLoss, clip_weights_, get_loss
 from lightning_gan.game.step import GameStep
 from lightning_gan.optim.factory import OptimizerConfig
 from lightning_gan.schemes import DISCRIMINATOR, GENERATOR, SCHEMES, make_scheme
+from lightning_gan.variance_reduction import SVREConfig, SVREState, full_pass
 
 GeneratorChoice = Literal["live", "uniform", "ema"]
 
@@ -36,7 +37,8 @@ class GANModule(pl.LightningModule):
         loss: ``minimax``, ``non_saturating``, ``wgan``, ``wgan_gp``, ``hinge`` or a GANLoss instance.
         gp_weight: gradient-penalty weight of ``wgan_gp``.
         r1_gamma: R1 penalty weight on real data (0 disables), for any loss.
-        scheme: ``simultaneous``, ``alternating``, ``extragradient``, ``past_extragradient`` or ``optimistic``.
+        scheme: ``simultaneous``, ``alternating``, ``extragradient``, ``past_extragradient``, ``optimistic``
+            or ``svre`` (extragradient on the variance-reduced estimate).
         n_dis: discriminator steps per generator step (alternating only).
         g_optimizer: the generator's optimizer (rule, lr, momentum/beta1 (may be negative), beta2, ...).
         d_optimizer: the discriminator's optimizer; ``d_optimizer.lr / g_optimizer.lr`` is the step-size ratio.
@@ -48,6 +50,9 @@ class GANModule(pl.LightningModule):
         sync_batchnorm: convert BatchNorm layers to SyncBatchNorm on multi-rank runs. By default each rank
             normalises with its own batch statistics and rank 0's running statistics are broadcast after
             every iteration, so that the ranks stay identical.
+        svre: settings of the ``svre`` scheme (snapshot trigger, restarts, variance probe).
+        latent_bank_factor: tie ``factor`` fixed latents to each training sample (redrawn at each SVRE
+            snapshot) so that the generator's objective is a finite sum; null draws fresh latents.
         seed: seed of the latent and penalty random streams (identical on every rank).
     """
 
@@ -68,6 +73,8 @@ class GANModule(pl.LightningModule):
         ema_decay: float | None = 0.999,
         average_discriminator: bool = False,
         sync_batchnorm: bool = False,
+        svre: SVREConfig | None = None,
+        latent_bank_factor: int | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -79,7 +86,8 @@ class GANModule(pl.LightningModule):
         d_optimizer.validate("d_optimizer")
         # Checkpoints hold plain values only, so that they load with torch.load(weights_only=True).
         self.hparams.update(g_optimizer=asdict(g_optimizer), d_optimizer=asdict(d_optimizer),
-                            loss=loss if isinstance(loss, str) else repr(loss))
+                            loss=loss if isinstance(loss, str) else repr(loss),
+                            svre=asdict(svre) if svre is not None else None)
         self.g_optimizer_config, self.d_optimizer_config = g_optimizer, d_optimizer
         if scheme not in SCHEMES:
             raise ValueError(f"Invalid scheme: {scheme!r}; expected one of {', '.join(SCHEMES)}")
@@ -102,8 +110,22 @@ class GANModule(pl.LightningModule):
             PlayerAverages(discriminator, uniform=uniform_average, ema_decay=ema_decay)
             if average_discriminator else None
         )
+        if svre is not None and not self.scheme.variance_reduced:
+            raise ValueError(f"Invalid svre: settings given for scheme {scheme!r}; they apply to scheme 'svre' only")
+        self.svre = (
+            SVREState(generator, discriminator, svre or SVREConfig(), seed=seed + 2)
+            if self.scheme.variance_reduced else None
+        )
+        if latent_bank_factor is not None:
+            LatentBank(1, 1, latent_bank_factor)  # validates the factor now, before any training
+        self.latent_bank_factor = latent_bank_factor
+        self.latent_bank: LatentBank | None = None  # built when the training set size is known
+        self._latent_bank_state: dict | None = None
         self.latents = LatentSampler(latent_dim, seed)
         self.penalty_rng = torch.Generator().manual_seed(seed + 1)
+        self._pass_latents: LatentBank | None = None
+        self._pass_latents_state: dict | None = None
+        self.snapshot_passes = 0  # SVRE full passes over the data
         self.evaluations = 0  # F evaluations so far (all-reduces of the field)
         self.images_seen = 0  # real images consumed so far, over all ranks
         self._game: GameStep | None = None
@@ -140,7 +162,8 @@ class GANModule(pl.LightningModule):
         optimizers = self.optimizers(use_pl_optimizer=False)
         if self._game is None or self._game.optimizers != list(optimizers):
             game = GANGame(self.generator, self.discriminator, self.loss, penalty_rng=self.penalty_rng)
-            self._game = GameStep(game, optimizers, projection=self._project)
+            estimator = self.svre.bind(game) if self.svre is not None else None
+            self._game = GameStep(game, optimizers, estimator=estimator, projection=self._project)
         return self._game
 
     def _project(self) -> None:
@@ -151,10 +174,14 @@ class GANModule(pl.LightningModule):
     # -- one game iteration ------------------------------------------------------------------------
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
-        real = batch[0] if isinstance(batch, (tuple, list)) else batch
-        samples = self.split_batch(real)
+        real, indices = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
         game = self.game
+        if self.svre is not None:
+            self._maybe_snapshot()
+        samples = self.split_batch(real, indices)
         self.scheme.step(game, samples)
+        if self.svre is not None:
+            self._log_svre(samples)
         self._sync_buffers()
         self.generator_averages.update(self.generator)
         if self.discriminator_averages is not None:
@@ -164,8 +191,11 @@ class GANModule(pl.LightningModule):
         self._count_iteration()
         self._log_step(game)
 
-    def split_batch(self, real: Tensor) -> list[list[MicroBatch]]:
-        """Cut the rank's batch into the scheme's draws, each into ``accumulation`` micro-batches with their z."""
+    def split_batch(self, real: Tensor, indices: Tensor | None = None) -> list[list[MicroBatch]]:
+        """Cut the rank's batch into the scheme's draws, each into ``accumulation`` micro-batches with their z.
+
+        z comes from the latent bank (tied to ``indices``) when there is one, else from the global stream.
+        """
         draws, micro = self.scheme.draws_per_step, self.accumulation
         if real.shape[0] % (draws * micro) != 0:
             raise ValueError(
@@ -173,13 +203,105 @@ class GANModule(pl.LightningModule):
                 f"(scheme {self.scheme.name!r} with accumulation={micro}); use a GameDataModule, which sizes batches "
                 "itself, or a batch size divisible by draws x accumulation"
             )
-        per_draw = real.shape[0] // draws
+        per_draw, per_micro = real.shape[0] // draws, real.shape[0] // (draws * micro)
+        bank = self._bank()
+        if bank is not None and indices is None:
+            raise ValueError("Invalid batch: latent_bank_factor needs (x, index) batches, as GameDataModule yields")
         samples = []
-        for chunk in real.split(per_draw):
-            z = self.latents.draw(per_draw, world_size=self.trainer.world_size, rank=self.trainer.global_rank,
-                                  device=real.device)
-            samples.append(list(zip(chunk.split(per_draw // micro), z.split(per_draw // micro))))
+        for k, chunk in enumerate(real.split(per_draw)):
+            if bank is None:
+                z = self.latents.draw(per_draw, world_size=self.trainer.world_size, rank=self.trainer.global_rank,
+                                      device=real.device)
+                z_micro = z.split(per_micro)
+            else:
+                chunk_indices = indices[k * per_draw:(k + 1) * per_draw]
+                z_micro = [bank.lookup(i, real.device) for i in chunk_indices.split(per_micro)]
+            samples.append(list(zip(chunk.split(per_micro), z_micro)))
         return samples
+
+    # -- latent bank and SVRE snapshots ---------------------------------------------------------------
+
+    def _training_set_size(self) -> int:
+        return len(self.trainer.train_dataloader.dataset)
+
+    def _bank(self) -> LatentBank | None:
+        """The latent bank, built at first use (the training set size is known then)."""
+        if self.latent_bank_factor is None:
+            return None
+        if self.latent_bank is None:
+            self.latent_bank = LatentBank(self._training_set_size(), self.latents.latent_dim,
+                                          self.latent_bank_factor, seed=self.hparams.seed + 3)
+            if self._latent_bank_state is not None:
+                self.latent_bank.load_state_dict(self._latent_bank_state)
+            else:
+                self.latent_bank.redraw()
+        return self.latent_bank
+
+    def _snapshot_latents(self) -> LatentBank:
+        """Latents of the snapshot pass: the bank if there is one, else a per-snapshot table of one per sample."""
+        bank = self._bank()
+        if bank is not None:
+            return bank
+        if self._pass_latents is None:
+            self._pass_latents = LatentBank(self._training_set_size(), self.latents.latent_dim, 1,
+                                            seed=self.hparams.seed + 4)
+            if self._pass_latents_state is not None:
+                self._pass_latents.load_state_dict(self._pass_latents_state)
+        return self._pass_latents
+
+    def _maybe_snapshot(self) -> None:
+        assert self.svre is not None
+        if not self.svre.should_snapshot(self.trainer.global_step, self.trainer.num_training_batches):
+            return
+        if self.svre.wants_restart():
+            self._restart_from_averages()
+        latents = self._snapshot_latents()
+        latents.redraw()
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "full_pass_dataloader"):
+            raise ValueError("Invalid data: scheme 'svre' needs a GameDataModule (it computes mu with "
+                             "full_pass_dataloader()); got " + type(datamodule).__name__)
+        device = self.device
+
+        def to_sample(batch: Any) -> list[MicroBatch]:
+            x, indices = batch[0], batch[1]
+            return [(x.to(device), latents.lookup(indices, device))]
+
+        loader = datamodule.full_pass_dataloader(datamodule.batch_size * self.accumulation)
+        self.svre.take_snapshot(full_pass(iter(loader), to_sample))
+        self.snapshot_passes += 1
+
+    @torch.no_grad()
+    def _restart_from_averages(self) -> None:
+        """Restart the live players from their uniform averages (SVRE's restart option)."""
+        averages = (self.generator_averages.get("uniform"),
+                    self.discriminator_averages.get("uniform") if self.discriminator_averages else None)
+        if any(a is None for a in averages):
+            raise ValueError("Invalid svre.restart_probability: restarts need uniform_average: true and "
+                             "average_discriminator: true")
+        for live, average in zip((self.generator, self.discriminator), averages):
+            live.load_state_dict(average.state_dict())
+
+    def _log_svre(self, samples: list[list[MicroBatch]]) -> None:
+        assert self.svre is not None
+        values = {"svre/snapshot_passes": float(self.snapshot_passes), "svre/mu_norm": self.svre.mu_norm()}
+        every = self.svre.config.variance_every
+        if every and self.trainer.global_step % every == 0:
+            probes = self._variance_probes()
+            values.update(self.svre.variance_probe(probes))
+        self.log_dict(values, on_step=True, on_epoch=False)
+
+    def _variance_probes(self) -> list[list[MicroBatch]]:
+        """The first ``variance_batches`` mini-batches of this rank's shard, with the snapshot latents."""
+        assert self.svre is not None
+        datamodule = self.trainer.datamodule
+        latents = self._snapshot_latents()
+        probes = []
+        for batch in datamodule.full_pass_dataloader(datamodule.batch_size):
+            probes.append([(batch[0].to(self.device), latents.lookup(batch[1], self.device))])
+            if len(probes) == self.svre.config.variance_batches:
+                break
+        return probes
 
     def _sync_buffers(self) -> None:
         """Default BatchNorm policy: rank 0's running statistics win (as DDP's broadcast_buffers)."""
@@ -247,6 +369,11 @@ class GANModule(pl.LightningModule):
             "penalty_rng": self.penalty_rng.get_state(),
             "evaluations": self.evaluations,
             "images_seen": self.images_seen,
+            "snapshot_passes": self.snapshot_passes,
+            "latent_bank": self.latent_bank.state_dict() if self.latent_bank is not None else self._latent_bank_state,
+            "pass_latents": self._pass_latents.state_dict() if self._pass_latents is not None
+            else self._pass_latents_state,
+            "svre": self.svre.extra_state() if self.svre is not None else None,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -257,6 +384,12 @@ class GANModule(pl.LightningModule):
         self.penalty_rng.set_state(state["penalty_rng"])
         self.evaluations = state["evaluations"]
         self.images_seen = state["images_seen"]
+        self.snapshot_passes = state.get("snapshot_passes", 0)
+        self._latent_bank_state, self.latent_bank = state.get("latent_bank"), None
+        self._pass_latents_state, self._pass_latents = state.get("pass_latents"), None
+        if self.svre is not None:
+            self.svre.load_extra_state(state["svre"])
+            self._game = None  # rebind the estimator to the restored state
 
 
 def _make_loss(loss: str | GANLoss, *, gp_weight: float, r1_gamma: float) -> GANLoss:

@@ -37,6 +37,8 @@ class Scheme:
     name: ClassVar[str]
     #: which optimizer family the players need: "plain", "extra", "past_extra" or "optimistic"
     optimizer_family: ClassVar[str] = "plain"
+    #: whether the scheme evaluates a variance-reduced estimate (needs snapshot players)
+    variance_reduced: ClassVar[bool] = False
 
     @property
     def draws_per_step(self) -> int:
@@ -44,7 +46,7 @@ class Scheme:
 
     @property
     def evaluations_per_step(self) -> int:
-        """Field evaluations (and so all-reduces) per iteration."""
+        """Field evaluations per iteration (all-reduces: one per ``game.evaluate`` call)."""
         return 1
 
     def step(self, game: GameStep, samples: Sequence[Any]) -> None:
@@ -127,6 +129,21 @@ class Extragradient(Scheme):
         game.project()
 
 
+class SVRE(Extragradient):
+    """Extragradient on the variance-reduced estimate F(w; xi) - F(w_snap; xi) + mu (Chavdarova et al., 2019).
+
+    The iteration is extragradient's; the estimator (see :mod:`lightning_gan.optim.svre`) makes the
+    difference: each half-step evaluates F at the live and at the snapshot point on the same sample.
+    """
+
+    name = "svre"
+    variance_reduced = True
+
+    @property
+    def evaluations_per_step(self) -> int:
+        return 4
+
+
 class PastExtragradient(Scheme):
     """Extrapolation from the past: w' = w - eta F(w'_prev); w <- w - eta F(w'; xi). One evaluation."""
 
@@ -157,7 +174,7 @@ class Optimistic(Scheme):
 
 
 SCHEMES: dict[str, type[Scheme]] = {
-    cls.name: cls for cls in (Simultaneous, Alternating, Extragradient, PastExtragradient, Optimistic)
+    cls.name: cls for cls in (Simultaneous, Alternating, Extragradient, PastExtragradient, Optimistic, SVRE)
 }
 
 

@@ -20,8 +20,10 @@ def make_module(scheme: str = "simultaneous", *, init_seed: int = 0, **kwargs) -
     if scheme == "alternating":
         kwargs.setdefault("n_dis", 2)
     return GANModule(
-        MLPGenerator(latent_dim=4, hidden_dim=32, num_layers=2),
-        MLPDiscriminator(hidden_dim=32, num_layers=2),
+        # Smooth activations: with ReLU kinks, the float rounding of different batch splits can flip a
+        # unit's derivative, and "2 ranks x B = 1 rank x 2B" would hold only up to such jumps.
+        MLPGenerator(latent_dim=4, hidden_dim=32, num_layers=2, activation="silu"),
+        MLPDiscriminator(hidden_dim=32, num_layers=2, activation="silu"),
         scheme=scheme,
         **kwargs,
     )

@@ -152,3 +152,12 @@ def test_players_are_configurable_from_yaml(cls):
     config = parser.parse_string(f"player:\n  {override}\n")
     player = parser.instantiate(config).player
     assert isinstance(player, cls)
+
+
+def test_mlp_activation_is_a_choice_named_in_errors():
+    from lightning_gan.models import MLPDiscriminator, MLPGenerator
+
+    assert isinstance(MLPGenerator(activation="silu").net[1], torch.nn.SiLU)
+    assert isinstance(MLPDiscriminator(activation="elu").net[1], torch.nn.ELU)
+    with pytest.raises(ValueError, match="Invalid activation: 'gelu'; expected one of relu, leaky_relu"):
+        MLPGenerator(activation="gelu")

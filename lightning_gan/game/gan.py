@@ -85,3 +85,49 @@ class GANGame:
         mean = torch.stack(losses).mean(0)
         self.stats = FieldStats(*mean)
         return sums
+
+
+class LatentBank:
+    """A fixed table of latents tied to training-sample indices: ``factor`` latents per sample.
+
+    Variance reduction needs the generator's objective to be a finite sum (SVRE's MNIST code used a
+    bank of 2 x the data set). Sample ``i`` comes with latents ``table[i + m * n]``, m < factor, so a
+    batch of B real samples meets ``factor * B`` fakes. The table is redrawn at each snapshot (so
+    mu and the stochastic terms always see the same finite sum) from a generator seeded identically on
+    every rank; only that generator's state is checkpointed, not the table.
+
+    Args:
+        num_samples: size n of the training set.
+        latent_dim: dimension of z.
+        factor: latents per training sample, >= 1.
+        seed: seed of the table's generator.
+    """
+
+    def __init__(self, num_samples: int, latent_dim: int, factor: int = 1, seed: int = 0) -> None:
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+            raise ValueError(f"Invalid latent_bank_factor: {factor!r}; expected an integer >= 1, or null for no bank")
+        self.num_samples, self.latent_dim, self.factor = num_samples, latent_dim, factor
+        self.generator = torch.Generator().manual_seed(seed)
+        self._state_before_draw: Tensor | None = None
+        self.table: Tensor | None = None
+
+    def redraw(self) -> None:
+        self._state_before_draw = self.generator.get_state()
+        self.table = torch.randn(self.factor * self.num_samples, self.latent_dim, generator=self.generator)
+
+    def lookup(self, indices: Tensor, device: torch.device | str = "cpu") -> Tensor:
+        """The ``factor * len(indices)`` latents of these samples (all first latents, then all second ...)."""
+        if self.table is None:
+            raise RuntimeError("LatentBank.lookup before the first redraw()")
+        indices = indices.to("cpu", torch.long)
+        rows = torch.cat([indices + m * self.num_samples for m in range(self.factor)])
+        return self.table[rows].to(device)
+
+    def state_dict(self) -> dict:
+        return {"state_before_draw": self._state_before_draw, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["state_before_draw"] is not None:
+            self.generator.set_state(state["state_before_draw"])
+            self.redraw()
+        self.generator.set_state(state["generator"])

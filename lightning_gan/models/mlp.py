@@ -7,6 +7,7 @@ batch-statistics layer would make F depend on the batch composition.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +18,22 @@ __all__ = ["MLPDiscriminator", "MLPGenerator"]
 def _check_positive(name: str, value: int) -> None:
     if value < 1:
         raise ValueError(f"Invalid {name}: {value}; expected an integer >= 1")
+
+
+Activation = Literal["relu", "leaky_relu", "elu", "silu", "tanh"]
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": lambda: nn.LeakyReLU(0.2),
+    "elu": nn.ELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+}
+
+
+def _activation(name: str) -> Callable[[], nn.Module]:
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"Invalid activation: {name!r}; expected one of {', '.join(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]
 
 
 def _mlp(in_dim: int, hidden_dim: int, num_layers: int, out_dim: int,
@@ -38,17 +55,20 @@ class MLPGenerator(nn.Module):
         latent_dim: Size of the latent vector z.
         output_dim: Size of one generated sample (2 for the mixtures).
         hidden_dim: Width of every hidden layer.
-        num_layers: Number of hidden layers (each Linear + ReLU).
+        num_layers: Number of hidden layers (each Linear + activation).
+        activation: Hidden activation. Smooth ones (``silu``, ``elu``, ``tanh``) make F continuous in the
+            parameters: with ReLU kinks, float rounding alone can flip a unit's derivative.
     """
 
-    def __init__(self, latent_dim: int = 2, output_dim: int = 2, hidden_dim: int = 128, num_layers: int = 3) -> None:
+    def __init__(self, latent_dim: int = 2, output_dim: int = 2, hidden_dim: int = 128, num_layers: int = 3,
+                 activation: Activation = "relu") -> None:
         for name, value in [("latent_dim", latent_dim), ("output_dim", output_dim), ("hidden_dim", hidden_dim),
                             ("num_layers", num_layers)]:
             _check_positive(name, value)
         super().__init__()
         self.latent_dim = latent_dim
         self.output_shape: tuple[int, ...] = (output_dim,)
-        self.net = _mlp(latent_dim, hidden_dim, num_layers, output_dim, nn.ReLU)
+        self.net = _mlp(latent_dim, hidden_dim, num_layers, output_dim, _activation(activation))
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z)
@@ -60,15 +80,17 @@ class MLPDiscriminator(nn.Module):
     Args:
         input_dim: Number of features of one (flattened) sample.
         hidden_dim: Width of every hidden layer.
-        num_layers: Number of hidden layers (each Linear + LeakyReLU(0.2)).
+        num_layers: Number of hidden layers (each Linear + activation).
+        activation: Hidden activation (``leaky_relu`` has slope 0.2).
     """
 
-    def __init__(self, input_dim: int = 2, hidden_dim: int = 128, num_layers: int = 3) -> None:
+    def __init__(self, input_dim: int = 2, hidden_dim: int = 128, num_layers: int = 3,
+                 activation: Activation = "leaky_relu") -> None:
         for name, value in [("input_dim", input_dim), ("hidden_dim", hidden_dim), ("num_layers", num_layers)]:
             _check_positive(name, value)
         super().__init__()
         self.input_dim = input_dim
-        self.net = _mlp(input_dim, hidden_dim, num_layers, 1, lambda: nn.LeakyReLU(0.2))
+        self.net = _mlp(input_dim, hidden_dim, num_layers, 1, _activation(activation))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(torch.flatten(x, 1)).squeeze(-1)

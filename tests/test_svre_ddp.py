@@ -1,0 +1,80 @@
+"""SVRE on 2 gloo ranks: equals one rank with the global batch, ranks bit-identical, collectives counted."""
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from ddp_harness import run_distributed
+from gan_fixtures import make_data, make_module, make_trainer, state_of
+from lightning_gan.variance_reduction import SVREConfig
+
+ITERATIONS = 30
+SETTINGS = {
+    "fixed_epochs": dict(svre=SVREConfig(snapshot_every=12)),
+    "random_epochs_latent_bank": dict(svre=SVREConfig(snapshot_probability=0.1), latent_bank_factor=2),
+}
+
+
+class CountCollectives(Callback):
+    """all_reduce calls and snapshot passes in each training step."""
+
+    def __init__(self):
+        self.all_reduces, self.snapshots = [], []
+        self._count = 0
+        original = torch.distributed.all_reduce
+
+        def counting(*args, **kwargs):
+            self._count += 1
+            return original(*args, **kwargs)
+
+        torch.distributed.all_reduce = counting
+
+    def on_train_batch_start(self, trainer, module, *args):
+        self._count, self._passes = 0, module.snapshot_passes
+
+    def on_train_batch_end(self, trainer, module, *args):
+        self.all_reduces.append(self._count)
+        self.snapshots.append(module.snapshot_passes - self._passes)
+
+
+def _svre_on_two_ranks(rank):
+    results = {}
+    for name, kwargs in SETTINGS.items():
+        counter = CountCollectives()
+        module = make_module("svre", init_seed=rank, **kwargs)
+        make_trainer(ITERATIONS, devices=2, strategy="game_ddp", callbacks=[counter]).fit(
+            module, make_data(batch_size=8))
+        results[name] = {"state": state_of(module), "all_reduces": counter.all_reduces,
+                         "snapshots": counter.snapshots}
+    return results
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs():
+    return run_distributed(_svre_on_two_ranks, 2, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SETTINGS)
+def test_svre_ranks_bit_identical_and_equal_to_one_rank_with_the_global_batch(two_rank_runs, name):
+    rank0, rank1 = (run[name] for run in two_rank_runs)
+    assert sum(rank0["snapshots"]) >= 2
+    for key in rank0["state"]:
+        assert torch.equal(rank0["state"][key], rank1["state"][key]), key
+    module = make_module("svre", init_seed=0, **SETTINGS[name])
+    make_trainer(ITERATIONS).fit(module, make_data(batch_size=16))
+    assert module.snapshot_passes == sum(rank0["snapshots"])
+    for key, value in state_of(module).items():
+        if key.endswith(".step"):
+            assert torch.equal(value, rank0["state"][key]), key
+        else:
+            torch.testing.assert_close(rank0["state"][key], value, rtol=1e-5, atol=1e-5, msg=key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SETTINGS)
+def test_svre_all_reduces_two_corrections_per_iteration_plus_one_per_snapshot(two_rank_runs, name):
+    for run in two_rank_runs:
+        expected = [2 + snapshots for snapshots in run[name]["snapshots"]]
+        assert run[name]["all_reduces"] == expected
+        assert run[name]["snapshots"][0] == 1
