@@ -65,8 +65,8 @@ class GANModule(pl.LightningModule):
         r1_gamma: float = 0.0,
         scheme: str = "simultaneous",
         n_dis: int = 1,
-        g_optimizer: OptimizerConfig | None = None,
-        d_optimizer: OptimizerConfig | None = None,
+        g_optimizer: OptimizerConfig = OptimizerConfig(),
+        d_optimizer: OptimizerConfig = OptimizerConfig(),
         weight_clip: float | None = None,
         accumulation: int = 1,
         uniform_average: bool = True,
@@ -80,8 +80,6 @@ class GANModule(pl.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.save_hyperparameters(ignore=["generator", "discriminator"])
-        g_optimizer = g_optimizer or OptimizerConfig()
-        d_optimizer = d_optimizer or OptimizerConfig()
         g_optimizer.validate("g_optimizer")
         d_optimizer.validate("d_optimizer")
         # Checkpoints hold plain values only, so that they load with torch.load(weights_only=True).

@@ -30,7 +30,7 @@ OPTIMIZER_CLASSES: dict[tuple[str, str], type[Optimizer]] = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimizerConfig:
     """One player's optimizer.
 

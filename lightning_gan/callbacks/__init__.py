@@ -1,0 +1,5 @@
+"""Callbacks of the ``lightning-gan`` trainer, one class per file."""
+
+from lightning_gan.callbacks.samples import SampleGrid
+
+__all__ = ["SampleGrid"]
