@@ -432,3 +432,14 @@ def test_prepare_data_downloads_nothing(tmp_path):
                ImageFolderDataModule(root=str(tmp_path / "f"))):
         dm.prepare_data()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_mnist_num_train_samples_keeps_the_first_images():
+    from lightning_gan.data import MNISTDataModule
+
+    root = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+    dm = MNISTDataModule(root=str(root), num_train_samples=100)
+    dm.setup("fit")
+    assert len(dm.train_set) == 100 and len(dm.train_labels) == 100 and int(dm.train_labels[0]) == 5
+    with pytest.raises(ValueError, match="Invalid num_train_samples: 0"):
+        MNISTDataModule(root=str(root), num_train_samples=0)

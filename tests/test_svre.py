@@ -1,6 +1,9 @@
 """SVRE: the estimator's algebra on toys, and the svre scheme in the trainer (one process)."""
 
 import copy
+import csv
+import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,3 +115,28 @@ def test_svre_resume_mid_epoch_equals_never_stopping(kwargs, tmp_path):
     for mu, mu_resumed in zip(uninterrupted.svre.estimator.mu, resumed.svre.estimator.mu):
         for a, b in zip(mu, mu_resumed):
             assert torch.equal(a, b)
+
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+@pytest.mark.slow
+def test_mnist_svre_config_trains_with_finite_losses(tmp_path, monkeypatch):
+    """configs/mnist_svre.yaml on a 1024-image slice of the local MNIST files, through the CLI."""
+    from lightning_gan.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).resolve().parents[1] / "configs" / "mnist_svre.yaml"
+    main(["fit", "--config", str(config), "--data.init_args.root", str(SHARED_MNIST),
+          "--data.init_args.num_train_samples", "1024", "--trainer.max_steps", "12",
+          "--trainer.log_every_n_steps", "2", "--trainer.enable_progress_bar", "false",
+          "--model.svre.variance_every", "4", "--torch_num_threads", "1"])
+    (metrics,) = tmp_path.glob("runs/mnist_svre/version_0/metrics.csv")
+    rows = list(csv.DictReader(metrics.open()))
+    losses = [float(r[k]) for r in rows for k in ("train/loss_generator", "train/loss_discriminator") if r.get(k)]
+    assert len(losses) >= 10 and all(math.isfinite(v) for v in losses)
+    snapshots = [float(r["svre/snapshot_passes"]) for r in rows if r.get("svre/snapshot_passes")]
+    assert snapshots and snapshots[-1] >= 1
+    variance = [(float(r["svre/variance_svre"]), float(r["svre/variance_plain"])) for r in rows
+                if r.get("svre/variance_svre")]
+    assert variance and all(math.isfinite(a) and math.isfinite(b) for a, b in variance)

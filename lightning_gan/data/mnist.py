@@ -72,15 +72,20 @@ class MNISTDataModule(GameDataModule):
         batch_size: Micro-batch per rank and per draw.
         num_workers: DataLoader worker processes.
         seed: Seed of the shuffling.
+        num_train_samples: Use only the first this many training images (quick runs and tests); null: all.
     """
 
     def __init__(self, root: str, dataset: Literal["mnist", "fashion-mnist"] = "mnist", image_size: int = 28,
-                 batch_size: int = 64, num_workers: int = 0, seed: int = 0) -> None:
+                 batch_size: int = 64, num_workers: int = 0, seed: int = 0,
+                 num_train_samples: int | None = None) -> None:
         if dataset not in _SOURCES:
             raise ValueError(f"Invalid dataset: {dataset!r}; expected 'mnist' or 'fashion-mnist'")
         if image_size not in (28, 32):
             raise ValueError(f"Invalid image_size: {image_size}; expected 28 or 32")
+        if num_train_samples is not None and num_train_samples < 1:
+            raise ValueError(f"Invalid num_train_samples: {num_train_samples}; expected an integer >= 1, or null for all")
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        self.num_train_samples = num_train_samples
         self.root = root
         self.dataset = dataset
         self.image_size = image_size
@@ -123,6 +128,8 @@ class MNISTDataModule(GameDataModule):
     def _load(self) -> None:
         paths = self._locate()
         train_x, self.train_labels = self._read_split(paths[_FILES[0]], paths[_FILES[1]])
+        if self.num_train_samples is not None:
+            train_x, self.train_labels = train_x[:self.num_train_samples], self.train_labels[:self.num_train_samples]
         val_x, self.val_labels = self._read_split(paths[_FILES[2]], paths[_FILES[3]])
         self.train_set, self.val_set = IndexedTensorDataset(train_x), IndexedTensorDataset(val_x)
 
