@@ -12,7 +12,23 @@ import copy
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, get_swa_multi_avg_fn
+
+
+def uniform_multi_avg_fn():
+    """torch's multi-tensor uniform average for floating tensors; integer buffers (``num_batches_tracked``)
+    take torch's per-tensor rule, since its multi-tensor one refuses integer division."""
+    floating_update = get_swa_multi_avg_fn()
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        if averaged[0].is_floating_point():
+            floating_update(averaged, current, num_averaged)
+        else:
+            for a, c in zip(averaged, current):
+                a.copy_(a + (c - a) / (num_averaged + 1))
+
+    return update
 
 
 def _frozen(average: AveragedModel) -> AveragedModel:
@@ -34,7 +50,9 @@ class PlayerAverages(nn.Module):
         super().__init__()
         if ema_decay is not None and not 0 <= ema_decay < 1:
             raise ValueError(f"Invalid ema_decay: {ema_decay!r}; expected 0 <= ema_decay < 1, or null for no EMA")
-        self.uniform = _frozen(AveragedModel(player, use_buffers=True)) if uniform else None
+        self.uniform = (
+            _frozen(AveragedModel(player, multi_avg_fn=uniform_multi_avg_fn(), use_buffers=True)) if uniform else None
+        )
         self.ema = (
             _frozen(AveragedModel(player, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True))
             if ema_decay is not None else None

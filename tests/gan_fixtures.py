@@ -36,6 +36,7 @@ def make_data(batch_size: int = 16, num_samples: int = 512, seed: int = 0) -> Ga
 def make_trainer(max_steps: int, **kwargs) -> pl.Trainer:
     kwargs.setdefault("logger", False)
     kwargs.setdefault("enable_checkpointing", False)
+    kwargs.setdefault("log_every_n_steps", 1)  # the module logs only on Lightning's flush steps
     return pl.Trainer(
         accelerator="cpu",
         max_steps=max_steps,

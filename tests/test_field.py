@@ -272,3 +272,35 @@ def test_field_value_is_frozen() -> None:
     f = FieldValue([], [], torch.zeros(()), torch.zeros(()), torch.zeros(()), torch.zeros(()))
     with pytest.raises(AttributeError):
         f.penalty = torch.ones(())  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+@pytest.mark.parametrize("loss_name", ["non_saturating", "wgan_gp"])
+def test_one_player_evaluation_gives_that_players_part_of_the_field(batch_norm, loss_name):
+    """Alternating steps ask for one player's gradient; it must equal that part of the full field."""
+    from lightning_gan.game.losses import get_loss
+
+    torch.manual_seed(0)
+    generator = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 4))
+    layers = [nn.Linear(4, 8)] + ([nn.BatchNorm1d(8)] if batch_norm else []) + [nn.Tanh(), nn.Linear(8, 1)]
+    discriminator = nn.Sequential(*layers)
+    loss = get_loss(loss_name)
+    real, z = torch.randn(6, 4), torch.randn(6, 3)
+
+    def field(players):
+        return gan_field(generator, discriminator, loss, real, z, players=players,
+                         generator_rng=torch.Generator().manual_seed(1))
+
+    both, g_only, d_only = field((0, 1)), field((0,)), field((1,))
+    assert d_only.generator_grads == [] and g_only.discriminator_grads == []
+    for a, b in zip(g_only.generator_grads, both.generator_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(d_only.discriminator_grads, both.discriminator_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert g_only.discriminator_loss is None and d_only.generator_loss is None
+
+
+def test_invalid_players_are_named():
+    generator, discriminator = nn.Linear(3, 4), nn.Linear(4, 1)
+    with pytest.raises(ValueError, match=r"Invalid players: \(\)"):
+        gan_field(generator, discriminator, NonSaturatingLoss(), torch.randn(2, 4), torch.randn(2, 3), players=())

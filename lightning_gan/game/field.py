@@ -30,9 +30,9 @@ class FieldValue:
 
     generator_grads: list[Tensor]
     discriminator_grads: list[Tensor]
-    generator_loss: Tensor  # L_G, detached
-    discriminator_loss: Tensor  # L_D including the penalty, detached
-    d_real: Tensor  # mean score on real samples, detached
+    generator_loss: Tensor | None  # L_G, detached; None when only D's gradient was asked for
+    discriminator_loss: Tensor | None  # L_D including the penalty, detached; None when only G's was asked for
+    d_real: Tensor | None  # mean score on real samples, detached; None when D did not see them
     d_fake: Tensor  # mean score on fake samples, detached
     penalty: Tensor | None = None  # D's penalty alone, detached; None without one
 
@@ -81,18 +81,22 @@ def _split_scores(scores: Tensor, n_real: int, n_total: int) -> tuple[Tensor, Te
     return scores[:n_real], scores[n_real:]
 
 
+def uses_batch_statistics(module: nn.Module) -> list[str]:
+    """Names of the BatchNorm layers of ``module`` that normalise with batch statistics right now."""
+    return [
+        name
+        for name, m in module.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)
+    ]
+
+
 def _check_fast_path(loss: GANLoss, discriminator: nn.Module) -> None:
     if not loss.zero_sum:
         raise ValueError(
             f"Invalid fast_zero_sum=True for {loss!r}: it is not zero-sum; "
             "expected fast_zero_sum=False or a zero-sum loss (minimax, WGAN)"
         )
-    coupled = [
-        name
-        for name, m in discriminator.named_modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm)
-        and (m.training or m.running_mean is None)  # batch statistics in use
-    ]
+    coupled = uses_batch_statistics(discriminator)
     if coupled:
         raise ValueError(
             f"Invalid fast_zero_sum=True with BatchNorm on batch statistics in the discriminator "
@@ -110,6 +114,7 @@ def gan_field(
     *,
     generator_rng: torch.Generator | None = None,
     fast_zero_sum: bool = False,
+    players: Sequence[int] = (0, 1),
 ) -> FieldValue:
     """Evaluate F(w; xi) = (grad_theta L_G, grad_phi L_D) at the players' current parameters.
 
@@ -126,6 +131,10 @@ def gan_field(
     scores depend on the fakes, L_D's real term depends on theta, and the
     shortcut gives a different (wrong) G gradient. Hence opt-in; BatchNorm on
     batch statistics in D is refused. Penalties are detached from G: no effect.
+
+    ``players`` asks for one player's gradient only (alternating steps): for D alone, G runs without
+    a graph; for G alone, D scores the fakes alone (no real batch, no penalty) unless a BatchNorm on
+    batch statistics in D couples them to the real samples. The other player's list is then empty.
 
     Nothing is written: no parameter moves, ``.grad`` is neither read nor
     written (``torch.autograd.grad``, not ``.backward()``), so any scheme may
@@ -144,21 +153,23 @@ def gan_field(
             (WGAN-GP interpolation weights); None draws from the global RNG.
         fast_zero_sum: use the single-backward path (see above); needs
             ``loss.zero_sum`` and a D that scores samples independently.
+        players: whose gradients to compute, 0 (G) and/or 1 (D).
 
     Returns:
         The field and detached losses and mean scores, as a :class:`FieldValue`.
     """
+    need_g, need_d = 0 in players, 1 in players
+    if not (need_g or need_d) or any(p not in (0, 1) for p in players):
+        raise ValueError(f"Invalid players: {tuple(players)!r}; expected a non-empty subset of (0, 1)")
+    if not (need_g and need_d):
+        return _one_player_field(generator, discriminator, loss, real, z, need_g, generator_rng)
     if fast_zero_sum:
         _check_fast_path(loss, discriminator)
     g_params = trainable_parameters(generator)
     d_params = trainable_parameters(discriminator)
     with torch.enable_grad():
         fake = generator(z)
-        if fake.shape[1:] != real.shape[1:]:
-            raise ValueError(
-                f"Invalid generator output shape: {tuple(fake.shape)}; expected "
-                f"samples shaped like the real batch, (N, {', '.join(map(str, real.shape[1:]))})"
-            )
+        _check_fake(fake, real)
         n_real = real.shape[0]
         scores = discriminator(torch.cat([real, fake]))
         d_real, d_fake = _split_scores(scores, n_real, n_real + fake.shape[0])
@@ -187,3 +198,40 @@ def gan_field(
         d_fake=d_fake.detach().mean(),
         penalty=None if penalty is None else penalty.detach(),
     )
+
+
+def _check_fake(fake: Tensor, real: Tensor) -> None:
+    if fake.shape[1:] != real.shape[1:]:
+        raise ValueError(
+            f"Invalid generator output shape: {tuple(fake.shape)}; expected "
+            f"samples shaped like the real batch, (N, {', '.join(map(str, real.shape[1:]))})"
+        )
+
+
+def _one_player_field(generator: nn.Module, discriminator: nn.Module, loss: GANLoss, real: Tensor, z: Tensor,
+                      generator_only: bool, generator_rng: torch.Generator | None) -> FieldValue:
+    """One player's half of F, at the cost of that player's textbook step."""
+    with torch.enable_grad():
+        if generator_only:
+            fake = generator(z)
+            _check_fake(fake, real)
+            if uses_batch_statistics(discriminator):  # the fakes' scores depend on the real batch
+                scores = discriminator(torch.cat([real, fake]))
+                d_fake = _split_scores(scores, real.shape[0], real.shape[0] + fake.shape[0])[1]
+            else:
+                d_fake = _split_scores(discriminator(fake), 0, fake.shape[0])[1]
+            loss_g = loss.generator_loss(d_fake)
+            grads = _grad(loss_g, trainable_parameters(generator), retain_graph=False)
+            return FieldValue(grads, [], loss_g.detach(), None, None, d_fake.detach().mean())
+        with torch.no_grad():
+            fake = generator(z)
+        _check_fake(fake, real)
+        n_real = real.shape[0]
+        d_real, d_fake = _split_scores(discriminator(torch.cat([real, fake])), n_real, n_real + fake.shape[0])
+        loss_d = loss.discriminator_loss(d_real, d_fake)
+        penalty = loss.penalty(discriminator, real, fake, generator=generator_rng)
+        if penalty is not None:
+            loss_d = loss_d + penalty
+        grads = _grad(loss_d, trainable_parameters(discriminator), retain_graph=False)
+    return FieldValue([], grads, None, loss_d.detach(), d_real.detach().mean(), d_fake.detach().mean(),
+                      None if penalty is None else penalty.detach())

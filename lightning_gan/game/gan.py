@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from lightning_gan.game.field import gan_field
+from lightning_gan.game.field import FieldValue, gan_field
 from lightning_gan.game.losses import GANLoss
 
 MicroBatch = tuple[Tensor, Tensor]  # (real, z)
@@ -64,28 +64,42 @@ class GANGame:
         self.penalty_rng = penalty_rng
         self.stats = FieldStats()
 
-    def field(self, sample: Sequence[MicroBatch]) -> list[list[Tensor]]:
-        """F on this rank: the mean over the micro-batches ``(real, z)`` of ``sample`` (no communication)."""
+    def field(self, sample: Sequence[MicroBatch], players: Sequence[int] = (0, 1)) -> list[list[Tensor]]:
+        """F on this rank: the mean over the micro-batches ``(real, z)`` of ``sample`` (no communication).
+
+        Only ``players``' gradients are computed; the others' lists are empty.
+        """
         generator, discriminator = self.players
         sums: list[list[Tensor]] | None = None
-        losses = []
+        stats: list[FieldValue] = []
         for real, z in sample:
-            value = gan_field(generator, discriminator, self.loss, real, z, generator_rng=self.penalty_rng)
-            losses.append(torch.stack([value.generator_loss, value.discriminator_loss, value.d_real, value.d_fake]))
+            value = gan_field(generator, discriminator, self.loss, real, z, generator_rng=self.penalty_rng,
+                              players=players)
+            stats.append(value)
             if sums is None:
                 sums = [list(value.generator_grads), list(value.discriminator_grads)]
             else:
-                torch._foreach_add_(sums[0], value.generator_grads)
-                torch._foreach_add_(sums[1], value.discriminator_grads)
+                for total, grads in zip(sums, (value.generator_grads, value.discriminator_grads)):
+                    if total:
+                        torch._foreach_add_(total, grads)
         assert sums is not None, "a sample holds at least one micro-batch"
         if len(sample) > 1:
             for grads in sums:
                 if grads:
                     torch._foreach_div_(grads, float(len(sample)))
-        mean = torch.stack(losses).mean(0)
-        self.stats = FieldStats(*mean)
+        self._record(stats)
         return sums
 
+    def _record(self, values: list[FieldValue]) -> None:
+        """Keep the mean losses of this evaluation; a one-player evaluation keeps the other player's last ones."""
+        def mean(name: str) -> Tensor | None:
+            items = [getattr(v, name) for v in values]
+            return None if items[0] is None else torch.stack(items).mean()
+
+        for name in ("generator_loss", "discriminator_loss", "d_real", "d_fake"):
+            value = mean(name)
+            if value is not None:
+                setattr(self.stats, name, value)
 
 class LatentBank:
     """A fixed table of latents tied to training-sample indices: ``factor`` latents per sample.

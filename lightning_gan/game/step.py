@@ -28,14 +28,17 @@ Field = list[list[Tensor]]
 class Game(Protocol):
     players: Sequence[nn.Module]
 
-    def field(self, sample: Any) -> Field:
-        """Each player's gradient (a list per player) at the current point, on this rank's sample."""
+    def field(self, sample: Any, players: Sequence[int] = BOTH) -> Field:
+        """The players' gradients (a list per player) at the current point, on this rank's sample.
+
+        Only ``players`` need be computed; lists of other players may be empty.
+        """
 
 
 class Estimator(Protocol):
     """What is evaluated in place of the plain field (see :mod:`lightning_gan.optim.svre`)."""
 
-    def correct(self, local: Field, sample: Any) -> Field:
+    def correct(self, local: Field, sample: Any, players: Sequence[int]) -> Field:
         """The part of the estimate that is all-reduced, computed from the plain local field."""
 
     def add_mean(self, grads: Sequence[list[Tensor]], players: Sequence[int]) -> None:
@@ -68,14 +71,14 @@ class GameStep:
         self.reduce = reduce
         self.projection = projection
         self.params = [[p for p in player.parameters() if p.requires_grad] for player in game.players]
-        self.grad_norms: dict[int, Tensor] = {}
+        self.last_grads: dict[int, list[Tensor]] = {}  # for logging ||F|| (computed only when logged)
         self.evaluations = 0
 
     def evaluate(self, sample: Any, players: Sequence[int] = BOTH) -> None:
         """Evaluate the (estimated) field on ``sample``, all-reduce it in one collective, write ``.grad``."""
-        local = self.game.field(sample)
+        local = self.game.field(sample, players)
         if self.estimator is not None:
-            local = self.estimator.correct(local, sample)
+            local = self.estimator.correct(local, sample, players)
         grads = [local[player] for player in players]
         self.reduce([g for player_grads in grads for g in player_grads])
         if self.estimator is not None:
@@ -83,9 +86,14 @@ class GameStep:
         for player, player_grads in zip(players, grads):
             for p, g in zip(self.params[player], player_grads):
                 p.grad = g
-            self.grad_norms[player] = flat_norm(player_grads)
+            self.last_grads[player] = player_grads
         self.evaluations += 1
 
     def project(self) -> None:
         if self.projection is not None:
             self.projection()
+
+    def grad_norm(self, player: int) -> Tensor | None:
+        """||F|| of ``player``'s part at its last evaluation (None if it was never evaluated)."""
+        grads = self.last_grads.get(player)
+        return None if grads is None else flat_norm(grads)

@@ -74,8 +74,8 @@ class ToyGame(nn.Module):
         """``(L_0, L_1)`` at the current point, differentiable in the parameters."""
         raise NotImplementedError
 
-    def field(self, sample: object = None) -> Field:
-        """Each player's gradient of its own loss at the current point."""
+    def field(self, sample: object = None, players: Sequence[int] = (0, 1)) -> Field:
+        """Each player's gradient of its own loss at the current point (both players: it is cheap)."""
         return self.autograd_field(sample)
 
     def autograd_field(self, sample: object = None) -> Field:
@@ -143,7 +143,7 @@ class Bilinear1D(ToyGame):
         value = self.x * self.y
         return value, -value
 
-    def field(self, sample: object = None) -> Field:
+    def field(self, sample: object = None, players: Sequence[int] = (0, 1)) -> Field:
         x, y = self.x.detach(), self.y.detach()
         return [[y.clone()], [-x]]
 
@@ -180,7 +180,7 @@ class BilinearGame(ToyGame):
         value = self.x @ self.A @ self.y
         return value, -value
 
-    def field(self, sample: object = None) -> Field:
+    def field(self, sample: object = None, players: Sequence[int] = (0, 1)) -> Field:
         x, y = self.x.detach(), self.y.detach()
         return [[self.A @ y], [-(self.A.T @ x)]]
 
@@ -255,7 +255,7 @@ class StochasticBilinear(ToyGame):
             + self.b[idx].mean(0) @ self.y
         return value, -value
 
-    def field(self, sample: object = None) -> Field:
+    def field(self, sample: object = None, players: Sequence[int] = (0, 1)) -> Field:
         idx = self._indices(sample)
         m = self._m(idx)
         x, y = self.x.detach(), self.y.detach()
@@ -318,7 +318,7 @@ class DiracGAN(ToyGame):
         loss_g = -nnf.softplus(psi * theta) if self.loss == "minimax" else nnf.softplus(-psi * theta)
         return loss_g, loss_d
 
-    def field(self, sample: object = None) -> Field:
+    def field(self, sample: object = None, players: Sequence[int] = (0, 1)) -> Field:
         theta, psi, c = self.theta.detach(), self.psi.detach(), self.c
         if self.loss == "wgan":
             return [[-psi], [theta - c]]

@@ -49,12 +49,13 @@ class SVRGEstimator:
 
     # -- the estimate ----------------------------------------------------------------------------
 
-    def correct(self, local: Field, sample: Any) -> Field:
-        """``F(w; xi) - F(w_snap; xi)`` on this rank: the part that is all-reduced."""
+    def correct(self, local: Field, sample: Any, players: Sequence[int] = (0, 1)) -> Field:
+        """``F(w; xi) - F(w_snap; xi)`` on this rank for ``players``: the part that is all-reduced."""
         if self.mu is None:
             raise RuntimeError("SVRGEstimator: no snapshot yet; call take_snapshot() before the first estimate")
-        snap = self.snapshot.field(sample)
-        for live, at_snapshot in zip(local, snap):
+        snap = self.snapshot.field(sample, players)
+        for player in players:
+            live, at_snapshot = local[player], snap[player]
             if live:
                 torch._foreach_sub_(live, at_snapshot)
         return local
