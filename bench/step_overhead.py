@@ -1,0 +1,361 @@
+"""Step overhead: GANModule's time per game iteration / a minimal hand-written loop of the same algorithm.
+
+DESIGN.md section 5. One process, same models (deep copies of one initialisation), same batches (already in memory),
+same z stream, same optimizer classes (``lightning_gan.optim``: identical update math), same thread count.
+
+What is timed, per (model, scheme), in one ``trainer.fit`` per repetition, with a baseline iteration run next to
+each module iteration (from a callback: module, baseline, module, baseline, ...; every other repetition the
+baseline goes first), so that machine noise hits both sides alike:
+
+* ``baseline``: one iteration of :class:`HandLoop`. Each F evaluation is one G forward, one D forward on
+  ``cat(real, fake)``, then one ``torch.autograd.grad`` per player (L_D to phi, L_G to theta), the same work as
+  :func:`lightning_gan.game.field.gan_field`. Alternating is the textbook loop (D steps on ``G(z)`` under
+  ``no_grad``, then a G step on ``D(G(z))``): player-wise evaluations, DESIGN.md section 1.
+* ``module (fit)``: the time between the ``on_train_batch_start`` of iteration ``warmup`` and that of iteration
+  ``warmup + iterations`` of ``trainer.fit`` on an in-memory loader of the same pre-built batches, minus the
+  interleaved baseline iterations, divided by ``iterations``: everything Lightning and we do per iteration (batch
+  fetch, hooks, training_step), except the one-off start-up.
+* ``training_step``: the module's own ``training_step`` (the bound method Lightning calls, wrapped with a timer)
+  in the same fit, so ``fit - training_step`` is Lightning's loop.
+
+The ratio is taken per repetition (paired), then the median and the min-max spread over repetitions are reported.
+``--averaging off`` (default) disables the module's uniform/EMA averages and the baseline keeps none; ``on`` keeps
+the module's defaults (uniform + EMA 0.999 of G, buffers included) and the baseline does the same with foreach lerps.
+
+    python bench/step_overhead.py --model dcgan28 --iterations 50 --repeats 5 --out bench/results/dcgan28.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import logging
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_gan.models import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
+from lightning_gan.module import GANModule
+from lightning_gan.optim import Adam, ExtraAdam, OptimisticAdam, PastExtraAdam
+from lightning_gan.optim.factory import OptimizerConfig
+
+# name -> (GANModule scheme, n_dis, lightning_gan.optim class of the hand loop)
+SCHEMES: dict[str, tuple[str, int, type]] = {
+    "simultaneous": ("simultaneous", 1, Adam),
+    "alternating1": ("alternating", 1, Adam),
+    "alternating5": ("alternating", 5, Adam),
+    "extragradient": ("extragradient", 1, ExtraAdam),
+    "past_extragradient": ("past_extragradient", 1, PastExtraAdam),
+    "optimistic": ("optimistic", 1, OptimisticAdam),
+}
+MODELS = ("dcgan28", "mlp")
+LR_G, LR_D, BETAS = 2e-4, 2e-4, (0.5, 0.999)
+
+
+def make_players(model: str, seed: int = 0) -> tuple[nn.Module, nn.Module, tuple[int, ...]]:
+    """The two players and the shape of one real sample."""
+    torch.manual_seed(seed)
+    if model == "dcgan28":
+        return DCGANGenerator(latent_dim=128, channels=1, image_size=28), DCGANDiscriminator(1, 28), (1, 28, 28)
+    if model == "mlp":
+        return MLPGenerator(latent_dim=2, output_dim=2), MLPDiscriminator(input_dim=2), (2,)
+    raise ValueError(f"Invalid model: {model!r}; expected one of {MODELS}")
+
+
+def make_batches(shape: tuple[int, ...], rows: int, count: int = 8, seed: int = 1) -> list[Tensor]:
+    """``count`` distinct loader batches of ``rows`` samples in [-1, 1] (``rows`` = draws per iteration x batch)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.rand(rows, *shape, generator=gen).mul_(2).sub_(1) for _ in range(count)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The baseline: what a researcher writes by hand
+
+
+class HandLoop:
+    """Minimal correct loop of one scheme: non-saturating loss, Adam-family optimizers of ``lightning_gan.optim``."""
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, scheme: str, *, batch_size: int,
+                 seed: int = 0, averaging: bool = False) -> None:
+        _, self.n_dis, opt_cls = SCHEMES[scheme]
+        self.kind = SCHEMES[scheme][0]
+        self.G, self.D, self.batch_size = generator, discriminator, batch_size
+        self.g_params, self.d_params = list(generator.parameters()), list(discriminator.parameters())
+        self.opt_g = opt_cls(self.g_params, lr=LR_G, betas=BETAS)
+        self.opt_d = opt_cls(self.d_params, lr=LR_D, betas=BETAS)
+        self.z_gen = torch.Generator().manual_seed(seed)
+        self.averages: list[tuple[list[Tensor], float | None]] = []
+        if averaging:  # uniform + EMA(0.999) of G, parameters and float buffers (as PlayerAverages(use_buffers=True))
+            tensors = [*generator.parameters(), *generator.buffers()]
+            self.avg_src = [t.detach() for t in tensors if t.is_floating_point()]
+            self.averages = [([t.clone() for t in self.avg_src], None), ([t.clone() for t in self.avg_src], 0.999)]
+            self.n_averaged = 0
+
+    def z(self) -> Tensor:
+        return torch.randn(self.batch_size, self.G.latent_dim, generator=self.z_gen)
+
+    def both_grads(self, real: Tensor) -> None:
+        """F at the current point: both players' gradients, nothing moves."""
+        fake = self.G(self.z())
+        scores = self.D(torch.cat([real, fake]))
+        d_real, d_fake = scores[: real.shape[0]], scores[real.shape[0]:]
+        loss_d = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+        loss_g = F.softplus(-d_fake).mean()
+        for p, g in zip(self.d_params, torch.autograd.grad(loss_d, self.d_params, retain_graph=True)):
+            p.grad = g
+        for p, g in zip(self.g_params, torch.autograd.grad(loss_g, self.g_params)):
+            p.grad = g
+
+    def step(self, batch: Tensor) -> None:
+        """One game iteration on a loader batch of ``draws x batch_size`` samples."""
+        reals = batch.split(self.batch_size)
+        optimizers = (self.opt_g, self.opt_d)
+        if self.kind in ("simultaneous", "optimistic"):
+            self.both_grads(reals[0])
+            for opt in optimizers:
+                opt.step()
+        elif self.kind == "extragradient":
+            self.both_grads(reals[0])
+            for opt in optimizers:
+                opt.extrapolation()
+            self.both_grads(reals[1])
+            for opt in optimizers:
+                opt.step()
+        elif self.kind == "past_extragradient":
+            for opt in optimizers:
+                opt.extrapolation()
+            self.both_grads(reals[0])
+            for opt in optimizers:
+                opt.step()
+        else:  # alternating: n_dis D steps on fresh samples, then G at the new D
+            for k in range(self.n_dis):
+                with torch.no_grad():
+                    fake = self.G(self.z())
+                scores = self.D(torch.cat([reals[k], fake]))
+                n = reals[k].shape[0]
+                loss_d = F.softplus(-scores[:n]).mean() + F.softplus(scores[n:]).mean()
+                for p, g in zip(self.d_params, torch.autograd.grad(loss_d, self.d_params)):
+                    p.grad = g
+                self.opt_d.step()
+            loss_g = F.softplus(-self.D(self.G(self.z()))).mean()  # D scores samples independently: fakes alone
+            for p, g in zip(self.g_params, torch.autograd.grad(loss_g, self.g_params)):
+                p.grad = g
+            self.opt_g.step()
+        if self.averages:
+            with torch.no_grad():
+                self.n_averaged += 1
+                for average, decay in self.averages:
+                    torch._foreach_lerp_(average, self.avg_src, 1.0 / self.n_averaged if decay is None else 1 - decay)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The module, timed inside trainer.fit, with one baseline iteration interleaved after (or before) each of its own
+
+
+class PairedTimer(pl.Callback):
+    """Times every iteration of the fit and runs (and times) one baseline iteration next to each.
+
+    ``starts``: time of every ``on_train_batch_start``; ``steps``: duration of every ``training_step`` call (the
+    bound method Lightning calls, wrapped); ``base``: (start time, duration) of every baseline iteration, run in
+    ``on_train_batch_start`` before the start time is taken (``before=True``) or in ``on_train_batch_end``.
+    """
+
+    def __init__(self, baseline: HandLoop | None = None, batches: list[Tensor] | None = None,
+                 before: bool = False) -> None:
+        self.baseline, self.batches, self.before = baseline, batches, before
+        self.starts: list[float] = []
+        self.steps: list[float] = []
+        self.base: list[tuple[float, float]] = []
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        inner = pl_module.training_step
+
+        def timed_training_step(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = inner(*args, **kwargs)
+            self.steps.append(time.perf_counter() - t0)
+            return out
+
+        pl_module.training_step = timed_training_step  # Lightning calls getattr(module, "training_step")
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        del pl_module.training_step
+
+    def _baseline(self, batch_idx: int) -> None:
+        if self.baseline is not None:
+            t0 = time.perf_counter()
+            with torch.enable_grad():
+                self.baseline.step(self.batches[batch_idx % len(self.batches)])
+            self.base.append((t0, time.perf_counter() - t0))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.before:
+            self._baseline(batch_idx)
+        self.starts.append(time.perf_counter())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.before:
+            self._baseline(batch_idx)
+
+    def per_iteration(self, warmup: int, iterations: int) -> tuple[float, float, float]:
+        """Seconds per iteration over iterations ``warmup .. warmup + iterations - 1``: (baseline, fit, step)."""
+        t0, t1 = self.starts[warmup], self.starts[warmup + iterations]
+        base = [d for t, d in self.base if t0 <= t < t1]
+        assert len(base) == (iterations if self.baseline is not None else 0), (len(base), iterations)
+        fit = (t1 - t0 - sum(base)) / iterations
+        step = sum(self.steps[warmup: warmup + iterations]) / iterations
+        return sum(base) / iterations, fit, step
+
+
+def make_module(generator: nn.Module, discriminator: nn.Module, scheme: str, averaging: bool) -> GANModule:
+    kind, n_dis, _ = SCHEMES[scheme]
+    extra = {} if averaging else {"uniform_average": False, "ema_decay": None}
+    return GANModule(generator, discriminator, loss="non_saturating", scheme=kind, n_dis=n_dis,
+                     g_optimizer=OptimizerConfig(rule="adam", lr=LR_G, momentum=BETAS[0], beta2=BETAS[1]),
+                     d_optimizer=OptimizerConfig(rule="adam", lr=LR_D, momentum=BETAS[0], beta2=BETAS[1]),
+                     seed=0, **extra)
+
+
+def fit_module(module: GANModule, batches: list[Tensor], iterations: int, timer: PairedTimer | None = None) -> None:
+    """``trainer.fit`` for exactly ``iterations`` game iterations (one epoch) over the in-memory batches."""
+    loader = torch.utils.data.DataLoader([batches[i % len(batches)] for i in range(iterations)], batch_size=None)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=iterations, logger=False,
+                         callbacks=[] if timer is None else [timer], enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         limit_val_batches=0)
+    trainer.fit(module, train_dataloaders=loader)
+    assert trainer.global_step == iterations, (trainer.global_step, iterations)
+
+
+def max_param_difference(model: str, scheme: str, batch_size: int, steps: int = 3) -> float:
+    """Max |module - baseline| over both players' parameters and buffers after ``steps`` iterations from one init."""
+    g, d, shape = make_players(model)
+    draws = _draws(scheme)
+    batches = make_batches(shape, draws * batch_size, count=steps)
+    module = make_module(copy.deepcopy(g), copy.deepcopy(d), scheme, averaging=False)
+    fit_module(module, batches, steps)
+    loop = HandLoop(g, d, scheme, batch_size=batch_size)
+    for batch in batches:
+        loop.step(batch)
+    ours = [*module.generator.state_dict().values(), *module.discriminator.state_dict().values()]
+    theirs = [*g.state_dict().values(), *d.state_dict().values()]
+    return max(float((a.double() - b.double()).abs().max()) for a, b in zip(ours, theirs))
+
+
+def _draws(scheme: str) -> int:
+    kind, n_dis, _ = SCHEMES[scheme]
+    return {"alternating": n_dis + 1, "extragradient": 2}.get(kind, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Driver
+
+
+@dataclass
+class Row:
+    model: str
+    scheme: str
+    baseline_ms: float
+    module_fit_ms: float
+    module_step_ms: float
+    ratio: float
+    ratio_min: float
+    ratio_max: float
+    step_ratio: float
+    max_param_diff: float
+    repeats: int
+
+
+def bench_one(model: str, scheme: str, *, batch_size: int, warmup: int, iterations: int, repeats: int,
+              averaging: bool) -> Row:
+    g0, d0, shape = make_players(model)
+    batches = make_batches(shape, _draws(scheme) * batch_size)
+    base, fit, step = [], [], []
+    for r in range(repeats):
+        loop = HandLoop(copy.deepcopy(g0), copy.deepcopy(d0), scheme, batch_size=batch_size, averaging=averaging)
+        module = make_module(copy.deepcopy(g0), copy.deepcopy(d0), scheme, averaging)
+        timer = PairedTimer(loop, batches, before=r % 2 == 1)  # A B A B ..., then B A B A ...
+        gc.collect()
+        fit_module(module, batches, warmup + iterations + 1, timer)
+        b, f, s = timer.per_iteration(warmup, iterations)
+        base.append(b), fit.append(f), step.append(s)
+    ratios = [f / b for f, b in zip(fit, base)]
+    ms = lambda xs: 1e3 * statistics.median(xs)  # noqa: E731
+    return Row(model, scheme, ms(base), ms(fit), ms(step), statistics.median(ratios), min(ratios), max(ratios),
+               statistics.median(s / b for s, b in zip(step, base)),
+               max_param_difference(model, scheme, batch_size), repeats)
+
+
+def markdown(rows: list[Row], header: str) -> str:
+    lines = [header, "",
+             "| scheme | model | baseline ms/iter | module ms/iter (fit) | ratio (min-max) | training_step ms/iter "
+             "| step ratio | Lightning loop ms/iter | max param diff |",
+             "|---|---|---:|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r.scheme} | {r.model} | {r.baseline_ms:.3f} | {r.module_fit_ms:.3f} | "
+                     f"{r.ratio:.3f} ({r.ratio_min:.3f}-{r.ratio_max:.3f}) | {r.module_step_ms:.3f} | "
+                     f"{r.step_ratio:.3f} | {r.module_fit_ms - r.module_step_ms:.3f} | {r.max_param_diff:.1e} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=[*MODELS, "all"], default="all")
+    parser.add_argument("--schemes", nargs="+", choices=list(SCHEMES), default=list(SCHEMES))
+    parser.add_argument("--batch-size", type=int, default=64, help="real (and fake) samples per F evaluation")
+    parser.add_argument("--iterations", type=int, default=50, help="timed iterations per repetition")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed iterations before each timed block")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved module/baseline repetitions")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--averaging", choices=["off", "on"], default="off",
+                        help="off: no averages on either side; on: module defaults (uniform + EMA of G) on both")
+    parser.add_argument("--out", type=Path, default=None, help="write the table (.md) or rows (.json) here")
+    args = parser.parse_args(argv)
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    models = MODELS if args.model == "all" else (args.model,)
+    rows = []
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.ERROR)  # no "GPU available: ..." banner per fit
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="lightning")  # e.g. "does not have many workers"
+            for model in models:
+                for scheme in args.schemes:
+                    row = bench_one(model, scheme, batch_size=args.batch_size, warmup=args.warmup,
+                                    iterations=args.iterations, repeats=args.repeats,
+                                    averaging=args.averaging == "on")
+                    print(f"{model:8s} {scheme:18s} baseline {row.baseline_ms:8.3f} ms  module "
+                          f"{row.module_fit_ms:8.3f} ms  ratio {row.ratio:.3f}", file=sys.stderr, flush=True)
+                    rows.append(row)
+    finally:
+        lightning_log.setLevel(level)
+    header = (f"Step overhead, torch {torch.__version__}, lightning {pl.__version__}, {torch.get_num_threads()} "
+              f"thread(s), batch {args.batch_size}, {args.iterations} iterations x {args.repeats} repeats, "
+              f"averaging {args.averaging}; medians over repeats")
+    table = markdown(rows, header)
+    print(table)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        if args.out.suffix == ".json":
+            args.out.write_text(json.dumps({"header": header, "command": sys.argv, "rows": [asdict(r) for r in rows]},
+                                           indent=1))
+        else:
+            args.out.write_text(table)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
