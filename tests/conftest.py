@@ -6,3 +6,9 @@ from pathlib import Path
 _TESTS = str(Path(__file__).resolve().parent)
 if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
+
+import torch  # noqa: E402
+
+# The test players are tiny: one intra-op thread is fastest, and two threads spinning against the
+# other test processes on a 2-core machine made a small MLP step ~100x slower.
+torch.set_num_threads(1)
