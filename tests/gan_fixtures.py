@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from lightning_gan.data import GaussianMixtureDataModule
 from lightning_gan.models import MLPDiscriminator, MLPGenerator
@@ -57,3 +58,33 @@ def state_of(module: GANModule) -> dict[str, torch.Tensor]:
                 if torch.is_tensor(value):
                     state[f"optimizer{i}.{j}.{key}"] = value.detach().clone()
     return state
+
+
+class CountAllReduces(Callback):
+    """torch.distributed.all_reduce calls and SVRE snapshot passes in each training step.
+
+    It wraps ``torch.distributed.all_reduce`` for the rest of the process: build one per process and
+    :meth:`reset` it between runs.
+    """
+
+    def __init__(self) -> None:
+        self.all_reduces: list[int] = []
+        self.snapshots: list[int] = []
+        self._count, self._passes = 0, 0
+        original = torch.distributed.all_reduce
+
+        def counting(*args, **kwargs):
+            self._count += 1
+            return original(*args, **kwargs)
+
+        torch.distributed.all_reduce = counting
+
+    def reset(self) -> None:
+        self.all_reduces, self.snapshots = [], []
+
+    def on_train_batch_start(self, trainer, module, *args) -> None:
+        self._count, self._passes = 0, getattr(module, "snapshot_passes", 0)
+
+    def on_train_batch_end(self, trainer, module, *args) -> None:
+        self.all_reduces.append(self._count)
+        self.snapshots.append(getattr(module, "snapshot_passes", 0) - self._passes)

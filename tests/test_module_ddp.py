@@ -2,35 +2,13 @@
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
 
 from ddp_harness import run_distributed
-from gan_fixtures import SCHEMES, make_data, make_module, make_trainer, state_of
+from gan_fixtures import SCHEMES, CountAllReduces, make_data, make_module, make_trainer, state_of
 
 ITERATIONS = 20
 EVALUATIONS_PER_STEP = {"simultaneous": 1, "alternating": 3, "extragradient": 2, "past_extragradient": 1,
                         "optimistic": 1}
-
-
-class CountAllReduces(Callback):
-    """Counts torch.distributed.all_reduce calls inside each training step."""
-
-    def __init__(self):
-        self.per_step = []
-        self._count = 0
-        original = torch.distributed.all_reduce
-
-        def counting(*args, **kwargs):
-            self._count += 1
-            return original(*args, **kwargs)
-
-        torch.distributed.all_reduce = counting
-
-    def on_train_batch_start(self, *args):
-        self._count = 0
-
-    def on_train_batch_end(self, *args):
-        self.per_step.append(self._count)
 
 
 def _train_every_scheme(rank, batch_size, accumulation):
@@ -40,9 +18,9 @@ def _train_every_scheme(rank, batch_size, accumulation):
     for scheme in SCHEMES:
         module = make_module(scheme, init_seed=rank, ema_decay=0.9, accumulation=accumulation)
         trainer = make_trainer(ITERATIONS, devices=2, strategy="game_ddp", callbacks=[counter])
-        counter.per_step.clear()
+        counter.reset()
         trainer.fit(module, make_data(batch_size=batch_size))
-        results[scheme] = {"state": state_of(module), "all_reduces": list(counter.per_step),
+        results[scheme] = {"state": state_of(module), "all_reduces": list(counter.all_reduces),
                            "global_step": trainer.global_step}
     return results
 

@@ -2,10 +2,9 @@
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
 
 from ddp_harness import run_distributed
-from gan_fixtures import make_data, make_module, make_trainer, state_of
+from gan_fixtures import CountAllReduces, make_data, make_module, make_trainer, state_of
 from lightning_gan.variance_reduction import SVREConfig
 
 ITERATIONS = 30
@@ -15,32 +14,11 @@ SETTINGS = {
 }
 
 
-class CountCollectives(Callback):
-    """all_reduce calls and snapshot passes in each training step."""
-
-    def __init__(self):
-        self.all_reduces, self.snapshots = [], []
-        self._count = 0
-        original = torch.distributed.all_reduce
-
-        def counting(*args, **kwargs):
-            self._count += 1
-            return original(*args, **kwargs)
-
-        torch.distributed.all_reduce = counting
-
-    def on_train_batch_start(self, trainer, module, *args):
-        self._count, self._passes = 0, module.snapshot_passes
-
-    def on_train_batch_end(self, trainer, module, *args):
-        self.all_reduces.append(self._count)
-        self.snapshots.append(module.snapshot_passes - self._passes)
-
-
 def _svre_on_two_ranks(rank):
     results = {}
+    counter = CountAllReduces()
     for name, kwargs in SETTINGS.items():
-        counter = CountCollectives()
+        counter.reset()
         module = make_module("svre", init_seed=rank, **kwargs)
         make_trainer(ITERATIONS, devices=2, strategy="game_ddp", callbacks=[counter]).fit(
             module, make_data(batch_size=8))
