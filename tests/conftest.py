@@ -12,3 +12,16 @@ import torch  # noqa: E402
 # The test players are tiny: one intra-op thread is fastest, and two threads spinning against the
 # other test processes on a 2-core machine made a small MLP step ~100x slower.
 torch.set_num_threads(1)
+
+import os  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """In-process Lightning runs write MASTER_PORT & co. into os.environ; later tests must not inherit them."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

@@ -168,7 +168,8 @@ def test_asha_search_stops_trials_early_retries_a_failure_and_writes_a_best_conf
     base = tmp_path / "ring.yaml"
     base.write_text(yaml.safe_dump(config, sort_keys=False))
     # The trials import this module (FailOnce) by name; sequential trials make ASHA's decisions reproducible.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))}
+    env = {**_without_rendezvous(os.environ),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))}
     command = [sys.executable, "-m", "tune.search", "--config", str(base), "--num-samples", "4", "--max-steps", "300",
                "--storage-path", str(tmp_path / "tune"), "--name", "ring", "--seed", "0", "--max-concurrent", "1",
                "--num-cpus", "2", "--max-failures", "1"]
@@ -218,7 +219,8 @@ def test_pbt_trains_with_the_mutated_values_after_each_exploit(tmp_path):
                "--scheduler", "pbt", "--synch", "--perturbation-interval", "40", "--report-every", "20",
                "--storage-path", str(tmp_path), "--name", "pbt", "--seed", "0", "--num-cpus", "2"]
     start = time.monotonic()
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=tmp_path, env=_without_rendezvous(os.environ), capture_output=True, text=True,
+                            timeout=600)
     print(f"PBT search: {time.monotonic() - start:.0f} s wall")
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     experiment = tmp_path / "pbt"
@@ -242,3 +244,13 @@ def test_plain_turns_numpy_into_python():
 def test_space_object_validates_names():
     with pytest.raises(ValueError, match="'beta'"):
         SearchSpace({"beta": None})
+
+
+def _without_rendezvous(environ) -> dict[str, str]:
+    """The environment minus a rendezvous that an earlier in-process run left behind.
+
+    Lightning writes MASTER_PORT (and friends) into os.environ when it sets up a process group; a
+    child inheriting them would bind that old port, which may be taken by now (EADDRINUSE).
+    """
+    stale = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"}
+    return {k: v for k, v in environ.items() if k not in stale}
