@@ -16,7 +16,6 @@ import torch
 from torch import Tensor, nn
 
 from lightning_gan import distributed
-from lightning_gan.game.field import flat_norm
 from lightning_gan.game.gan import GANGame
 from lightning_gan.optim.svre import SnapshotTrigger, SVRGEstimator
 
@@ -176,4 +175,4 @@ def full_pass(batches: Iterator, to_sample: Callable[[Any], Any]) -> Iterator[tu
         yield sample, batch[0].shape[0]
 
 
-__all__ = ["SVREConfig", "SVREState", "full_pass", "flat_norm"]
+__all__ = ["SVREConfig", "SVREState", "full_pass"]

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_gan import distributed
+from lightning_gan.game.field import flat_norm
 
 Field = list[list[Tensor]]
 
@@ -105,8 +106,6 @@ class SVRGEstimator:
         self.snapshots_taken += 1
 
     def mu_norm(self) -> Tensor:
-        from lightning_gan.game.field import flat_norm
-
         assert self.mu is not None
         return flat_norm([g for player in self.mu for g in player])
 
