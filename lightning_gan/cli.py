@@ -34,7 +34,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 import lightning_gan.distributed  # noqa: F401  (registers strategy "game_ddp" before any Trainer is built)
-from lightning_gan.callbacks import SampleGrid
+from lightning_gan.callbacks import ImageMetrics, SampleGrid
 from lightning_gan.data import GameDataModule
 from lightning_gan.module import GANModule
 
@@ -85,9 +85,10 @@ def default_loggers(root_dir: str | Path) -> list[Logger]:
 class GANCLI(LightningCLI):
     """LightningCLI for :class:`~lightning_gan.module.GANModule` and any ``GameDataModule`` subclass.
 
-    Adds two always-present callbacks configured from their own groups: ``samples``
-    (:class:`~lightning_gan.callbacks.SampleGrid`) and ``checkpoint`` (``ModelCheckpoint`` writing
-    ``last.ckpt`` every ``checkpoint.every_n_train_steps`` game iterations).
+    Adds always-present callbacks configured from their own groups: ``samples``
+    (:class:`~lightning_gan.callbacks.SampleGrid`), ``metrics`` (:class:`~lightning_gan.callbacks.ImageMetrics`,
+    off unless ``metrics.every_n_steps`` > 0) and ``checkpoint`` (``ModelCheckpoint`` writing ``last.ckpt`` every
+    ``checkpoint.every_n_train_steps`` game iterations).
 
     Args:
         args: Command-line arguments (``None``: ``sys.argv[1:]``), a list, or a dict.
@@ -118,6 +119,7 @@ class GANCLI(LightningCLI):
                  "machine. Also exported as OMP_NUM_THREADS, which Lightning's DDP and the ranks it launches respect.",
         )
         parser.add_lightning_class_args(SampleGrid, "samples")
+        parser.add_lightning_class_args(ImageMetrics, "metrics")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
             # game_ddp works with one process too (a 1-rank process group), and it is the only DDP GANModule accepts.
@@ -158,7 +160,14 @@ class GANCLI(LightningCLI):
         trainer_config = self._subconfig(self.config_init)["trainer"]
         if trainer_config.get("logger") in (None, True):
             kwargs.setdefault("logger", default_loggers(trainer_config["default_root_dir"]))
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        for callback in trainer.callbacks:
+            if isinstance(callback, ImageMetrics):
+                try:
+                    callback.prepare(self.datamodule)  # feature-network weights are checked now, not after training
+                except USER_ERRORS as error:
+                    fail(error)
+        return trainer
 
 
 def main(args: Sequence[str] | None = None) -> None:

@@ -161,3 +161,12 @@ def test_mlp_activation_is_a_choice_named_in_errors():
     assert isinstance(MLPDiscriminator(activation="elu").net[1], torch.nn.ELU)
     with pytest.raises(ValueError, match="Invalid activation: 'gelu'; expected one of relu, leaky_relu"):
         MLPGenerator(activation="gelu")
+
+
+def test_mlp_generator_emits_images_in_the_data_range_when_given_a_shape():
+    generator = MLPGenerator(latent_dim=4, hidden_dim=8, num_layers=1, image_shape=[1, 8, 8])
+    images = generator(10 * torch.randn(5, 4))
+    assert images.shape == (5, 1, 8, 8) and generator.output_shape == (1, 8, 8)
+    assert images.abs().max() <= 1.0  # tanh: the data modules' [-1, 1]
+    with pytest.raises(ValueError, match=r"Invalid image_shape: \[8, 8\]; expected \[C, H, W\]"):
+        MLPGenerator(image_shape=[8, 8])

@@ -1,5 +1,6 @@
 """Callbacks of the ``lightning-gan`` trainer, one class per file."""
 
+from lightning_gan.callbacks.image_metrics import ImageMetrics
 from lightning_gan.callbacks.samples import SampleGrid
 
-__all__ = ["SampleGrid"]
+__all__ = ["ImageMetrics", "SampleGrid"]

@@ -27,7 +27,7 @@ from lightning_gan.metrics.fidelity import (
     fidelity_metrics,
     resolve_extractor,
 )
-from lightning_gan.metrics.image_metrics import build_image_metrics, feature_modules
+from lightning_gan.metrics.image_metrics import build_image_metrics, default_extractor, feature_modules
 from lightning_gan.metrics.toy import (
     ModeCoverage,
     ModeCoverageResult,
@@ -67,6 +67,7 @@ __all__ = [
     "ModeCoverageResult",
     "build_image_metrics",
     "check_inception_weights",
+    "default_extractor",
     "default_classifier_path",
     "energy_distance",
     "feature_modules",

@@ -12,6 +12,7 @@ vector (gathered at ``compute``). All take images in [-1, 1] (generator output) 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,12 +22,23 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from lightning_gan.data import DigitsDataModule, MNISTDataModule
 from lightning_gan.metrics.classifier import DATASETS, load_classifier
 from lightning_gan.metrics.features import DigitFeatureExtractor, InceptionFeatureExtractor
 
-__all__ = ["build_image_metrics", "feature_modules"]
+__all__ = ["build_image_metrics", "default_extractor", "feature_modules"]
 
 _METRICS = ("fid", "kid", "is")
+
+
+def default_extractor(datamodule: object) -> str:
+    """The feature network that fits a data module: its digit classifier (MNIST, Fashion-MNIST, 8x8 digits),
+    else Inception (natural images, e.g. CIFAR-10 or an image folder)."""
+    if isinstance(datamodule, MNISTDataModule):
+        return datamodule.dataset  # "mnist" or "fashion-mnist"
+    if isinstance(datamodule, DigitsDataModule):
+        return "digits"
+    return "inception"
 
 
 def feature_modules(extractor: str = "inception", weights: str | Path | None = None, *,
@@ -66,9 +78,11 @@ def build_image_metrics(metrics: Sequence[str] = ("fid",), extractor: str = "inc
     out: dict[str, Metric] = {}
     if "fid" in metrics:
         out["fid"] = FrechetInceptionDistance(feature=features, reset_real_features=reset_real_features)
-    if "kid" in metrics:
-        out["kid"] = KernelInceptionDistance(feature=features, subsets=kid_subsets, subset_size=kid_subset_size,
-                                             reset_real_features=reset_real_features)
-    if "is" in metrics:
-        out["is"] = InceptionScore(feature=logits, splits=is_splits)
+    with warnings.catch_warnings():  # "will save all extracted features in buffer": said in the docstring above
+        warnings.filterwarnings("ignore", message=".*will save all extracted features", category=UserWarning)
+        if "kid" in metrics:
+            out["kid"] = KernelInceptionDistance(feature=features, subsets=kid_subsets, subset_size=kid_subset_size,
+                                                 reset_real_features=reset_real_features)
+        if "is" in metrics:
+            out["is"] = InceptionScore(feature=logits, splits=is_splits)
     return out

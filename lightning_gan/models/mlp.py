@@ -1,4 +1,4 @@
-"""Multi-layer perceptron players for the 2-D mixture games.
+"""Multi-layer perceptron players for the 2-D mixture games and small images (e.g. 8x8 digits).
 
 No BatchNorm on purpose: toy games are where we compare optimizers, and a
 batch-statistics layer would make F depend on the batch composition.
@@ -6,6 +6,7 @@ batch-statistics layer would make F depend on the batch composition.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Literal
 
@@ -49,29 +50,39 @@ def _mlp(in_dim: int, hidden_dim: int, num_layers: int, out_dim: int,
 
 
 class MLPGenerator(nn.Module):
-    """Maps z in R^latent_dim to a point in R^output_dim (unbounded output).
+    """Maps z in R^latent_dim to a point in R^output_dim (unbounded output), or to an image in [-1, 1].
 
     Args:
         latent_dim: Size of the latent vector z.
-        output_dim: Size of one generated sample (2 for the mixtures).
+        output_dim: Size of one generated sample (2 for the mixtures); ignored when ``image_shape`` is given.
         hidden_dim: Width of every hidden layer.
         num_layers: Number of hidden layers (each Linear + activation).
         activation: Hidden activation. Smooth ones (``silu``, ``elu``, ``tanh``) make F continuous in the
             parameters: with ReLU kinks, float rounding alone can flip a unit's derivative.
+        image_shape: ``[C, H, W]``: emit images of that shape through a tanh, in the data modules' [-1, 1]
+            range (e.g. ``[1, 8, 8]`` for the 8x8 digits); null emits flat, unbounded vectors.
     """
 
     def __init__(self, latent_dim: int = 2, output_dim: int = 2, hidden_dim: int = 128, num_layers: int = 3,
-                 activation: Activation = "relu") -> None:
+                 activation: Activation = "relu", image_shape: list[int] | None = None) -> None:
+        if image_shape is not None:
+            if len(image_shape) != 3 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
+                                            for v in image_shape):
+                raise ValueError(f"Invalid image_shape: {image_shape!r}; expected [C, H, W] of integers >= 1, or null")
+            output_dim = math.prod(image_shape)
         for name, value in [("latent_dim", latent_dim), ("output_dim", output_dim), ("hidden_dim", hidden_dim),
                             ("num_layers", num_layers)]:
             _check_positive(name, value)
         super().__init__()
         self.latent_dim = latent_dim
-        self.output_shape: tuple[int, ...] = (output_dim,)
+        self.output_shape: tuple[int, ...] = tuple(image_shape) if image_shape is not None else (output_dim,)
         self.net = _mlp(latent_dim, hidden_dim, num_layers, output_dim, _activation(activation))
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.net(z)
+        out = self.net(z)
+        if len(self.output_shape) == 1:
+            return out
+        return torch.tanh(out).view(-1, *self.output_shape)
 
 
 class MLPDiscriminator(nn.Module):

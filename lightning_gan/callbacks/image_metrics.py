@@ -1,0 +1,213 @@
+"""ImageMetrics: FID / KID / IS of the live and averaged generators during training, synced over ranks.
+
+Built on torchmetrics (:func:`lightning_gan.metrics.build_image_metrics`): the feature network is the
+digit classifier of the data set (MNIST, Fashion-MNIST, 8x8 digits) or Inception from a local weights
+file, checked when training starts, before any iteration is spent. Every evaluation uses the same
+``num_samples`` latents, drawn from one seeded stream for the whole run and split over the ranks, so
+rank r of W generates exactly rows r, r + W, ... (no padded duplicates) and a 2-rank score equals the
+1-rank score on the same samples. The real side is a fixed, seeded set of ``num_samples`` images of the
+held-out split (else of the training set), split the same way; its statistics are computed at the first
+evaluation and kept (``reset_real_features=False``). ``compute()`` runs on every rank: FID all-reduces
+float64 sums, KID and IS gather their features.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, get_args
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor, nn
+from torchmetrics import Metric
+from typing_extensions import override
+
+from lightning_gan.metrics.image_metrics import build_image_metrics, default_extractor
+from lightning_gan.module import GeneratorChoice
+
+__all__ = ["ImageMetrics"]
+
+GENERATOR_CHOICES: tuple[str, ...] = get_args(GeneratorChoice)
+METRIC_CHOICES = ("fid", "kid", "is")
+
+
+class ImageMetrics(Callback):
+    """Every ``every_n_steps`` game iterations and at the last one, logs ``val/<metric>_<generator>``.
+
+    Keys: ``val/fid_<g>``, ``val/kid_<g>`` (mean over subsets), ``val/kid_std_<g>``, ``val/is_<g>``,
+    ``val/is_std_<g>`` for each generator ``g`` kept by the run, and ``val/metrics_seconds``. The values of
+    each evaluation are also kept in ``history`` (step, F-evaluations, values).
+
+    Args:
+        every_n_steps: Iterations between evaluations, >= 0; 0 switches the callback off.
+        num_samples: Generated and real images per evaluation, over all ranks (FID needs thousands to be
+            comparable across papers; a few hundred show trends).
+        metrics: Any of ``fid``, ``kid``, ``is``.
+        generators: Any of ``live``, ``uniform``, ``ema``; averages the run does not keep are skipped.
+        extractor: ``auto`` (the digit classifier matching the data module, else Inception), ``inception``,
+            ``mnist``, ``fashion-mnist`` or ``digits``.
+        weights: Inception weights file (else ``$LIGHTNING_GAN_INCEPTION_WEIGHTS``, then torch hub's cache),
+            or a digit classifier file (else the shipped one).
+        kid_subset_size: KID subset size, <= ``num_samples``.
+        batch_size: Images per generator forward and feature pass.
+        seed: Seed of the fixed latents and of the choice of real images.
+
+    Raises:
+        ValueError: a value out of range, an unknown metric, generator or extractor.
+        InceptionWeightsNotFoundError: Inception is asked for and no local weights file exists (at fit start).
+    """
+
+    def __init__(self, every_n_steps: int = 0, num_samples: int = 10_000, metrics: Sequence[str] = ("fid",),
+                 generators: Sequence[str] = ("live", "ema"), extractor: str = "auto", weights: str | None = None,
+                 kid_subset_size: int = 1000, batch_size: int = 500, seed: int = 2718) -> None:
+        if isinstance(every_n_steps, bool) or every_n_steps < 0:
+            raise ValueError(f"Invalid every_n_steps: {every_n_steps}; expected an integer >= 0 (0: off)")
+        if num_samples < 2:
+            raise ValueError(f"Invalid num_samples: {num_samples}; expected an integer >= 2")
+        unknown = [m for m in metrics if m not in METRIC_CHOICES]
+        if unknown or not metrics:
+            raise ValueError(f"Invalid metrics: {list(metrics)}; expected a non-empty subset of {list(METRIC_CHOICES)}")
+        unknown = [g for g in generators if g not in GENERATOR_CHOICES]
+        if unknown or not generators:
+            raise ValueError(f"Invalid generators: {list(generators)}; expected a non-empty subset of "
+                             f"{list(GENERATOR_CHOICES)}")
+        if "kid" in metrics and not 2 <= kid_subset_size <= num_samples:
+            raise ValueError(f"Invalid kid_subset_size: {kid_subset_size}; expected 2 <= kid_subset_size <= "
+                             f"num_samples ({num_samples})")
+        if batch_size < 1:
+            raise ValueError(f"Invalid batch_size: {batch_size}; expected an integer >= 1")
+        self.every_n_steps = every_n_steps
+        self.num_samples = num_samples
+        self.metrics = list(dict.fromkeys(metrics))
+        self.generators = list(dict.fromkeys(generators))
+        self.extractor = extractor
+        self.weights = weights
+        self.kid_subset_size = kid_subset_size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.history: list[dict[str, float]] = []
+        self.resolved_extractor: str | None = None  # ``extractor`` with ``auto`` resolved, at fit start
+        self._metrics: dict[str, Metric] | None = None
+        self._real_done = False
+        self._last_step: int | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.every_n_steps > 0
+
+    def prepare(self, datamodule: Any) -> None:
+        """Build the feature networks and check their weights: a missing file fails here, before training.
+
+        The CLI calls it right after building the run (so errors are one line); ``fit`` calls it otherwise.
+        """
+        if not self.enabled or self._metrics is not None:
+            return
+        extractor = default_extractor(datamodule) if self.extractor == "auto" else self.extractor
+        self._metrics = build_image_metrics(self.metrics, extractor, self.weights,
+                                            kid_subset_size=self.kid_subset_size, reset_real_features=False)
+        self.resolved_extractor = extractor
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.enabled:
+            return
+        self.prepare(trainer.datamodule)
+        assert self._metrics is not None
+        for metric in self._metrics.values():
+            metric.to(pl_module.device)
+        self._real_done = False  # real statistics are recomputed once per fit (e.g. after a resume)
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.enabled and (step % self.every_n_steps == 0 or step == trainer.max_steps):
+            pl_module.log_dict(self.evaluate(trainer, pl_module), on_step=True, on_epoch=False)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.enabled and self._last_step != trainer.global_step:  # e.g. a run stopped by epochs or time
+            values = self.evaluate(trainer, pl_module)
+            for logger in trainer.loggers:  # self.log is closed at this point
+                logger.log_metrics(values, step=trainer.global_step)
+
+    # -- one evaluation ------------------------------------------------------------------------------
+
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        """All metrics of all kept generators now (every rank must call it); returns the logged values."""
+        assert self._metrics is not None, "on_fit_start builds the metrics"
+        start = time.perf_counter()
+        world, rank = trainer.world_size, trainer.global_rank
+        if not self._real_done:
+            real = self._real_images(trainer.datamodule, world, rank)
+            for name in ("fid", "kid"):
+                if name in self._metrics:
+                    for chunk in real.split(self.batch_size):
+                        self._metrics[name].update(chunk.to(pl_module.device), real=True)
+            self._real_done = True
+        values: dict[str, float] = {}
+        for which in self.generators:
+            try:
+                generator = pl_module.generator_for(which)  # type: ignore[operator]
+            except ValueError:
+                continue  # this run keeps no such average
+            for chunk in self._fake_images(generator, pl_module, world, rank):
+                for name, metric in self._metrics.items():
+                    if name == "is":
+                        metric.update(chunk)
+                    else:
+                        metric.update(chunk, real=False)
+            values.update(self._compute(which))
+        values["val/metrics_seconds"] = time.perf_counter() - start
+        self._last_step = trainer.global_step
+        self.history.append({"step": float(trainer.global_step),
+                             "evaluations": float(getattr(pl_module, "evaluations", 0)), **values})
+        return values
+
+    def _compute(self, which: str) -> dict[str, float]:
+        """compute() on every rank (it syncs), then reset the fake side (real statistics are kept)."""
+        assert self._metrics is not None
+        out: dict[str, float] = {}
+        for name, metric in self._metrics.items():
+            with torch.random.fork_rng(devices=[]):  # KID's random subsets: reproducible, and training's RNG untouched
+                torch.manual_seed(self.seed + 2)
+                result = metric.compute()
+            if name == "fid":
+                out[f"val/fid_{which}"] = float(result)
+            else:
+                mean, std = result
+                out[f"val/{name}_{which}"], out[f"val/{name}_std_{which}"] = float(mean), float(std)
+            metric.reset()
+        return out
+
+    def _real_images(self, datamodule: Any, world: int, rank: int) -> Tensor:
+        """This rank's rows of a fixed, seeded draw of ``num_samples`` held-out (else training) images."""
+        datamodule.setup("fit")
+        dataset = datamodule.val_set if getattr(datamodule, "val_set", None) is not None else datamodule.train_set
+        if dataset is datamodule.val_set and len(dataset) < self.num_samples:
+            dataset = datamodule.train_set  # the held-out split is too small for this many samples
+        if len(dataset) < self.num_samples:
+            raise ValueError(f"Invalid num_samples: {self.num_samples}; the data module has only {len(dataset)} "
+                             "images to compare with")
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.seed))[:self.num_samples]
+        mine = order[rank::world]
+        data = getattr(dataset, "data", None)
+        if data is not None and data.dtype == torch.uint8:  # IndexedTensorDataset: one gather
+            return data[mine].float().div_(127.5).sub_(1.0)
+        return torch.stack([dataset[i][0] for i in mine.tolist()]).float()
+
+    @torch.no_grad()
+    def _fake_images(self, generator: nn.Module, pl_module: pl.LightningModule, world: int, rank: int):
+        """This rank's rows of the fixed latents, through ``generator`` in eval mode, batch by batch."""
+        latent_dim = pl_module.latents.latent_dim  # type: ignore[union-attr]
+        z = torch.randn(self.num_samples, latent_dim, generator=torch.Generator().manual_seed(self.seed + 1))
+        z = z[rank::world]
+        was_training = generator.training
+        generator.eval()
+        try:
+            for chunk in z.split(self.batch_size):
+                yield generator(chunk.to(pl_module.device)).clamp_(-1.0, 1.0)
+        finally:
+            generator.train(was_training)
