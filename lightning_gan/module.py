@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from typing import Any, Literal
 
@@ -124,7 +125,7 @@ class GANModule(pl.LightningModule):
         self._pass_latents: LatentBank | None = None
         self._pass_latents_state: dict | None = None
         self.snapshot_passes = 0  # SVRE full passes over the data
-        self.evaluations = 0  # F evaluations so far (all-reduces of the field)
+        self.evaluations = 0  # F evaluations at the global batch so far, SVRE's snapshot passes included
         self.images_seen = 0  # real images consumed so far, over all ranks
         self._game: GameStep | None = None
 
@@ -268,6 +269,9 @@ class GANModule(pl.LightningModule):
         loader = datamodule.full_pass_dataloader(datamodule.batch_size * self.accumulation)
         self.svre.take_snapshot(full_pass(iter(loader), to_sample))
         self.snapshot_passes += 1
+        # The pass is worth n / (global batch) field evaluations: count them, so budgets compare across schemes.
+        global_batch = self.trainer.world_size * datamodule.batch_size * self.accumulation
+        self.evaluations += math.ceil(self._training_set_size() / global_batch)
 
     @torch.no_grad()
     def _restart_from_averages(self) -> None:

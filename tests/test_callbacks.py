@@ -1,4 +1,5 @@
-"""SampleGrid: one PNG per available generator, image mosaics or scatter plots, TensorBoard images, rank 0 only."""
+"""SampleGrid: one PNG per available generator, image mosaics or scatter plots, TensorBoard images, rank 0 only;
+EvaluationBudget: stops at equal F-evaluations."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gan_fixtures import make_data, make_module, make_trainer
-from lightning_gan.callbacks import SampleGrid
+from lightning_gan.callbacks import EvaluationBudget, SampleGrid
 from lightning_gan.data import mixture_modes
+from lightning_gan.variance_reduction import SVREConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata 0.11 on torch 2.14
 
@@ -92,3 +94,29 @@ def test_draws_every_n_steps_and_at_the_end_of_training(tmp_path):
 def test_invalid_arguments_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"Invalid {field}"):
         SampleGrid(**kwargs)
+
+
+@pytest.mark.parametrize(("scheme", "budget", "iterations", "spent"), [
+    ("extragradient", 11, 6, 12),  # 2 per iteration: the first iteration reaching 11 is the 6th
+    ("simultaneous", 7, 7, 7),
+    ("alternating", 9, 3, 9),  # n_dis = 2 (gan_fixtures): 3 per iteration
+])
+def test_evaluation_budget_stops_at_the_first_iteration_that_spends_it(scheme, budget, iterations, spent):
+    module = make_module(scheme)
+    trainer = make_trainer(1000, callbacks=[EvaluationBudget(budget)])
+    trainer.fit(module, datamodule=make_data())
+    assert (trainer.global_step, module.evaluations) == (iterations, spent)
+
+
+def test_evaluation_budget_counts_svre_snapshot_passes():
+    module = make_module("svre", svre=SVREConfig(snapshot_every=5))
+    trainer = make_trainer(1000, callbacks=[EvaluationBudget(100)])
+    trainer.fit(module, datamodule=make_data())  # a pass over 512 samples at batch 16 is worth 32 evaluations
+    # 1st iteration: snapshot 32 + 4; after the 5th: 52; 6th (snapshot): 88; 9th: 100
+    assert (trainer.global_step, module.evaluations, module.snapshot_passes) == (9, 100, 2)
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, True])
+def test_evaluation_budget_refuses_a_bad_budget(value):
+    with pytest.raises(ValueError, match=f"Invalid max_evaluations: {value!r}; expected an integer >= 1"):
+        EvaluationBudget(value)

@@ -54,7 +54,7 @@ def test_the_callback_logs_torchmetrics_values_on_the_held_out_images_and_fixed_
     callback = _callback()
     module = _fit(4, callback)
     assert [row["step"] for row in callback.history] == [2.0, 4.0]  # every 2 iterations; step 4 is not scored twice
-    assert callback.history[-1]["evaluations"] == 8.0  # extragradient: 2 F-evaluations per iteration
+    assert callback.history[-1]["val/evaluations"] == 8.0  # extragradient: 2 F-evaluations per iteration
     assert callback.resolved_extractor == "digits"
 
     # The same numbers, computed independently from the promised samples.
@@ -94,7 +94,7 @@ def test_averages_the_run_does_not_keep_are_skipped():
     module = _module()
     module.generator_averages.uniform = None  # as with uniform_average: false
     make_trainer(1, callbacks=[callback]).fit(module, datamodule=DigitsDataModule(batch_size=16))
-    assert set(callback.history[0]) == {"step", "evaluations", "val/fid_live", "val/metrics_seconds"}
+    assert set(callback.history[0]) == {"step", "val/evaluations", "val/fid_live", "val/metrics_seconds"}
 
 
 def test_the_default_extractor_follows_the_data_module():

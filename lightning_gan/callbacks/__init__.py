@@ -1,6 +1,7 @@
 """Callbacks of the ``lightning-gan`` trainer, one class per file."""
 
+from lightning_gan.callbacks.budget import EvaluationBudget
 from lightning_gan.callbacks.image_metrics import ImageMetrics
 from lightning_gan.callbacks.samples import SampleGrid
 
-__all__ = ["ImageMetrics", "SampleGrid"]
+__all__ = ["EvaluationBudget", "ImageMetrics", "SampleGrid"]

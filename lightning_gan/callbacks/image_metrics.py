@@ -37,8 +37,8 @@ class ImageMetrics(Callback):
     """Every ``every_n_steps`` game iterations and at the last one, logs ``val/<metric>_<generator>``.
 
     Keys: ``val/fid_<g>``, ``val/kid_<g>`` (mean over subsets), ``val/kid_std_<g>``, ``val/is_<g>``,
-    ``val/is_std_<g>`` for each generator ``g`` kept by the run, and ``val/metrics_seconds``. The values of
-    each evaluation are also kept in ``history`` (step, F-evaluations, values).
+    ``val/is_std_<g>`` for each generator ``g`` kept by the run, ``val/evaluations`` (the module's F-evaluations
+    so far) and ``val/metrics_seconds``. The values of each evaluation are also kept in ``history``, with the step.
 
     Args:
         every_n_steps: Iterations between evaluations, >= 0; 0 switches the callback off.
@@ -160,10 +160,10 @@ class ImageMetrics(Callback):
                     else:
                         metric.update(chunk, real=False)
             values.update(self._compute(which))
+        values["val/evaluations"] = float(getattr(pl_module, "evaluations", 0))  # the x-axis of method comparisons
         values["val/metrics_seconds"] = time.perf_counter() - start
         self._last_step = trainer.global_step
-        self.history.append({"step": float(trainer.global_step),
-                             "evaluations": float(getattr(pl_module, "evaluations", 0)), **values})
+        self.history.append({"step": float(trainer.global_step), **values})
         return values
 
     def _compute(self, which: str) -> dict[str, float]:
