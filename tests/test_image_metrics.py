@@ -158,12 +158,12 @@ def _cli_process_state(monkeypatch):
     torch.set_num_threads(threads)
 
 
-def test_the_cli_logs_the_metrics_every_n_steps(tmp_path, _cli_process_state):
+def test_the_cli_writes_the_metrics_every_n_steps_whatever_the_logging_interval(tmp_path, _cli_process_state):
     main(["fit", "--config", str(DIGITS_TINY), f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=10",
-          "--metrics.every_n_steps=5"])
+          "--metrics.every_n_steps=5", "--trainer.log_every_n_steps=100"])
     with open(tmp_path / "version_0" / "metrics.csv") as f:
         rows = [row for row in csv.DictReader(f) if row.get("val/fid_ema")]
-    assert len(rows) == 2
+    assert [(row["step"], row["val/evaluations"]) for row in rows] == [("5", "10.0"), ("10", "20.0")]
     for row in rows:
         for key in ("val/fid_live", "val/fid_uniform", "val/fid_ema", "val/kid_ema", "val/is_ema"):
             assert math.isfinite(float(row[key])) and float(row[key]) != 0.0, key

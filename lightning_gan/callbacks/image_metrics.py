@@ -124,14 +124,15 @@ class ImageMetrics(Callback):
                            batch_idx: int) -> None:
         step = trainer.global_step
         if self.enabled and (step % self.every_n_steps == 0 or step == trainer.max_steps):
-            pl_module.log_dict(self.evaluate(trainer, pl_module), on_step=True, on_epoch=False)
+            values = self.evaluate(trainer, pl_module)
+            # Written now, whatever trainer.log_every_n_steps says: a costly score must never be dropped.
+            _write(trainer, values)
+            pl_module.log_dict(values, on_step=True, on_epoch=False, logger=False)  # for monitors and Tune
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.enabled and self._last_step != trainer.global_step:  # e.g. a run stopped by epochs or time
-            values = self.evaluate(trainer, pl_module)
-            for logger in trainer.loggers:  # self.log is closed at this point
-                logger.log_metrics(values, step=trainer.global_step)
+        if self.enabled and self._last_step != trainer.global_step:  # e.g. a run stopped by a budget or time
+            _write(trainer, self.evaluate(trainer, pl_module))  # self.log is closed at this point
 
     # -- one evaluation ------------------------------------------------------------------------------
 
@@ -211,3 +212,9 @@ class ImageMetrics(Callback):
                 yield generator(chunk.to(pl_module.device)).clamp_(-1.0, 1.0)
         finally:
             generator.train(was_training)
+
+
+def _write(trainer: pl.Trainer, values: dict[str, float]) -> None:
+    """To every logger at ``global_step`` (the loggers write on rank 0 only)."""
+    for logger in trainer.loggers:
+        logger.log_metrics(values, step=trainer.global_step)
