@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict
 from typing import Any, Literal
 
@@ -13,12 +12,12 @@ from torch import Tensor, nn
 
 from lightning_gan import distributed
 from lightning_gan.averaging import PlayerAverages
-from lightning_gan.game.gan import GANGame, LatentBank, LatentSampler, MicroBatch
+from lightning_gan.game.gan import GANGame, LatentBank, LatentSampler, LatentTables, MicroBatch
 from lightning_gan.game.losses import GANLoss, clip_weights_, get_loss
 from lightning_gan.game.step import GameStep
 from lightning_gan.optim.factory import OptimizerConfig
 from lightning_gan.schemes import DISCRIMINATOR, GENERATOR, SCHEMES, make_scheme
-from lightning_gan.variance_reduction import SVREConfig, SVREState, full_pass
+from lightning_gan.variance_reduction import SVREConfig, SVREState
 
 GeneratorChoice = Literal["live", "uniform", "ema"]
 
@@ -115,15 +114,9 @@ class GANModule(pl.LightningModule):
             SVREState(generator, discriminator, svre or SVREConfig(), seed=seed + 2)
             if self.scheme.variance_reduced else None
         )
-        if latent_bank_factor is not None:
-            LatentBank(1, 1, latent_bank_factor)  # validates the factor now, before any training
-        self.latent_bank_factor = latent_bank_factor
-        self.latent_bank: LatentBank | None = None  # built when the training set size is known
-        self._latent_bank_state: dict | None = None
+        self.latent_tables = LatentTables(latent_dim, latent_bank_factor, seed=seed + 3)
         self.latents = LatentSampler(latent_dim, seed)
         self.penalty_rng = torch.Generator().manual_seed(seed + 1)
-        self._pass_latents: LatentBank | None = None
-        self._pass_latents_state: dict | None = None
         self.snapshot_passes = 0  # SVRE full passes over the data
         self.evaluations = 0  # F evaluations at the global batch so far, SVRE's snapshot passes included
         self.images_seen = 0  # real images consumed so far, over all ranks
@@ -176,11 +169,13 @@ class GANModule(pl.LightningModule):
         real, indices = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
         game = self.game
         if self.svre is not None:
-            self._maybe_snapshot()
+            self.evaluations += self.svre.maybe_snapshot(self)
         samples = self.split_batch(real, indices)
         self.scheme.step(game, samples)
         if self.svre is not None:
-            self._log_svre(samples)
+            values = self.svre.log_values(self, logging_now=self._logging_now())
+            if values:
+                self.log_dict(values, on_step=True, on_epoch=False)
         self._sync_buffers()
         self.generator_averages.update(self.generator)
         if self.discriminator_averages is not None:
@@ -218,63 +213,23 @@ class GANModule(pl.LightningModule):
             samples.append(list(zip(chunk.split(per_micro), z_micro)))
         return samples
 
-    # -- latent bank and SVRE snapshots ---------------------------------------------------------------
+    # -- latents tied to samples, SVRE snapshots ------------------------------------------------------
 
     def _training_set_size(self) -> int:
         return len(self.trainer.train_dataloader.dataset)
 
     def _bank(self) -> LatentBank | None:
-        """The latent bank, built at first use (the training set size is known then)."""
-        if self.latent_bank_factor is None:
+        """The latent bank (built at first use, when the training set size is known), or None."""
+        if self.latent_tables.bank_factor is None:
             return None
-        if self.latent_bank is None:
-            self.latent_bank = LatentBank(self._training_set_size(), self.latents.latent_dim,
-                                          self.latent_bank_factor, seed=self.hparams.seed + 3)
-            if self._latent_bank_state is not None:
-                self.latent_bank.load_state_dict(self._latent_bank_state)
-            else:
-                self.latent_bank.redraw()
-        return self.latent_bank
+        return self.latent_tables.bank(self._training_set_size())
 
-    def _snapshot_latents(self) -> LatentBank:
-        """Latents of the snapshot pass: the bank if there is one, else a per-snapshot table of one per sample."""
-        bank = self._bank()
-        if bank is not None:
-            return bank
-        if self._pass_latents is None:
-            self._pass_latents = LatentBank(self._training_set_size(), self.latents.latent_dim, 1,
-                                            seed=self.hparams.seed + 4)
-            if self._pass_latents_state is not None:
-                self._pass_latents.load_state_dict(self._pass_latents_state)
-        return self._pass_latents
-
-    def _maybe_snapshot(self) -> None:
-        assert self.svre is not None
-        if not self.svre.should_snapshot(self.trainer.global_step, self.trainer.num_training_batches):
-            return
-        if self.svre.wants_restart():
-            self._restart_from_averages()
-        latents = self._snapshot_latents()
-        latents.redraw()
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "full_pass_dataloader"):
-            raise ValueError("Invalid data: scheme 'svre' needs a GameDataModule (it computes mu with "
-                             "full_pass_dataloader()); got " + type(datamodule).__name__)
-        device = self.device
-
-        def to_sample(batch: Any) -> list[MicroBatch]:
-            x, indices = batch[0], batch[1]
-            return [(x.to(device), latents.lookup(indices, device))]
-
-        loader = datamodule.full_pass_dataloader(datamodule.batch_size * self.accumulation)
-        self.svre.take_snapshot(full_pass(iter(loader), to_sample))
-        self.snapshot_passes += 1
-        # The pass is worth n / (global batch) field evaluations: count them, so budgets compare across schemes.
-        global_batch = self.trainer.world_size * datamodule.batch_size * self.accumulation
-        self.evaluations += math.ceil(self._training_set_size() / global_batch)
+    def snapshot_latents(self) -> LatentBank:
+        """Latents of SVRE's snapshot passes and variance probes (the bank if there is one)."""
+        return self.latent_tables.snapshot_latents(self._training_set_size())
 
     @torch.no_grad()
-    def _restart_from_averages(self) -> None:
+    def restart_from_averages(self) -> None:
         """Restart the live players from their uniform averages (SVRE's restart option)."""
         averages = (self.generator_averages.get("uniform"),
                     self.discriminator_averages.get("uniform") if self.discriminator_averages else None)
@@ -283,29 +238,6 @@ class GANModule(pl.LightningModule):
                              "average_discriminator: true")
         for live, average in zip((self.generator, self.discriminator), averages):
             live.load_state_dict(average.state_dict())
-
-    def _log_svre(self, samples: list[list[MicroBatch]]) -> None:
-        assert self.svre is not None
-        values = {}
-        if self._logging_now():
-            values = {"svre/snapshot_passes": float(self.snapshot_passes), "svre/mu_norm": self.svre.mu_norm()}
-        every = self.svre.config.variance_every
-        if every and self.trainer.global_step % every == 0:  # logged whenever measured (it is costly)
-            values.update(self.svre.variance_probe(self._variance_probes()))
-        if values:
-            self.log_dict(values, on_step=True, on_epoch=False)
-
-    def _variance_probes(self) -> list[list[MicroBatch]]:
-        """The first ``variance_batches`` mini-batches of this rank's shard, with the snapshot latents."""
-        assert self.svre is not None
-        datamodule = self.trainer.datamodule
-        latents = self._snapshot_latents()
-        probes = []
-        for batch in datamodule.full_pass_dataloader(datamodule.batch_size):
-            probes.append([(batch[0].to(self.device), latents.lookup(batch[1], self.device))])
-            if len(probes) == self.svre.config.variance_batches:
-                break
-        return probes
 
     def _sync_buffers(self) -> None:
         """Default BatchNorm policy: rank 0's running statistics win (as DDP's broadcast_buffers)."""
@@ -375,15 +307,15 @@ class GANModule(pl.LightningModule):
     # -- checkpoints -------------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        tables = self.latent_tables.state_dict()
         checkpoint["lightning_gan"] = {
             "latents": self.latents.state_dict(),
             "penalty_rng": self.penalty_rng.get_state(),
             "evaluations": self.evaluations,
             "images_seen": self.images_seen,
             "snapshot_passes": self.snapshot_passes,
-            "latent_bank": self.latent_bank.state_dict() if self.latent_bank is not None else self._latent_bank_state,
-            "pass_latents": self._pass_latents.state_dict() if self._pass_latents is not None
-            else self._pass_latents_state,
+            "latent_bank": tables["bank"],
+            "pass_latents": tables["pass"],
             "svre": self.svre.extra_state() if self.svre is not None else None,
         }
 
@@ -396,8 +328,7 @@ class GANModule(pl.LightningModule):
         self.evaluations = state["evaluations"]
         self.images_seen = state["images_seen"]
         self.snapshot_passes = state.get("snapshot_passes", 0)
-        self._latent_bank_state, self.latent_bank = state.get("latent_bank"), None
-        self._pass_latents_state, self._pass_latents = state.get("pass_latents"), None
+        self.latent_tables.load_state_dict({"bank": state.get("latent_bank"), "pass": state.get("pass_latents")})
         if self.svre is not None:
             self.svre.load_extra_state(state["svre"])
             self._game = None  # rebind the estimator to the restored state

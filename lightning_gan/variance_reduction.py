@@ -3,12 +3,15 @@
 The math lives in :mod:`lightning_gan.optim.svre`; this module owns what a training run needs
 around it: the snapshot players as submodules (so checkpoints carry them), the decision to take a
 snapshot (a generator seeded identically on every rank), the full pass over this rank's shard for
-mu, the optional restart from the averaged players, and the variance probe.
+mu, the optional restart from the averaged players, the variance probe and the values logged. The
+training module calls :meth:`SVREState.maybe_snapshot` before and :meth:`SVREState.log_values` after
+each iteration.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
@@ -106,6 +109,59 @@ class SVREState(nn.Module):
     def wants_restart(self) -> bool:
         assert self.trigger is not None
         return self.config.restart_probability > 0 and self.trigger.draw() < self.config.restart_probability
+
+    # -- driven by the training module (duck-typed: GANModule) ------------------------------------
+
+    def maybe_snapshot(self, module: Any) -> int:
+        """Before an iteration: if the trigger fires, restart (maybe), redraw the latents, take the snapshot.
+
+        Returns the field evaluations the snapshot pass is worth at the global batch (0 without a snapshot),
+        so that budgets compare across schemes.
+        """
+        trainer = module.trainer
+        if not self.should_snapshot(trainer.global_step, trainer.num_training_batches):
+            return 0
+        if self.wants_restart():
+            module.restart_from_averages()
+        latents = module.snapshot_latents()
+        latents.redraw()
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "full_pass_dataloader"):
+            raise ValueError("Invalid data: scheme 'svre' needs a GameDataModule (it computes mu with "
+                             "full_pass_dataloader()); got " + type(datamodule).__name__)
+        device = module.device
+
+        def to_sample(batch: Any) -> list[tuple[Tensor, Tensor]]:
+            x, indices = batch[0], batch[1]
+            return [(x.to(device), latents.lookup(indices, device))]
+
+        loader = datamodule.full_pass_dataloader(datamodule.batch_size * module.accumulation)
+        self.take_snapshot(full_pass(iter(loader), to_sample))
+        module.snapshot_passes += 1
+        global_batch = trainer.world_size * datamodule.batch_size * module.accumulation
+        return math.ceil(len(loader.dataset) / global_batch)
+
+    def log_values(self, module: Any, logging_now: bool) -> dict[str, Any]:
+        """What to log after an iteration: snapshot count and ||mu|| on logging steps, the variance probe
+        every ``variance_every`` iterations (logged whenever measured: it is costly)."""
+        values: dict[str, Any] = {}
+        if logging_now:
+            values = {"svre/snapshot_passes": float(module.snapshot_passes), "svre/mu_norm": self.mu_norm()}
+        every = self.config.variance_every
+        if every and module.trainer.global_step % every == 0:
+            values.update(self.variance_probe(self._probes(module)))
+        return values
+
+    def _probes(self, module: Any) -> list[Any]:
+        """The first ``variance_batches`` mini-batches of this rank's shard, with the snapshot latents."""
+        datamodule = module.trainer.datamodule
+        latents = module.snapshot_latents()
+        probes = []
+        for batch in datamodule.full_pass_dataloader(datamodule.batch_size):
+            probes.append([(batch[0].to(module.device), latents.lookup(batch[1], module.device))])
+            if len(probes) == self.config.variance_batches:
+                break
+        return probes
 
     def take_snapshot(self, full_pass: Iterable[tuple[Any, int]]) -> None:
         assert self.estimator is not None

@@ -145,3 +145,55 @@ class LatentBank:
             self.generator.set_state(state["state_before_draw"])
             self.redraw()
         self.generator.set_state(state["generator"])
+
+
+class LatentTables:
+    """The latents tied to training samples: the bank (any scheme, when ``bank_factor`` is set) and, without a
+    bank, one latent per sample for SVRE's snapshot passes. Both are built at first use, once the training set
+    size is known, and resume from their generators' states.
+
+    Args:
+        latent_dim: dimension of z.
+        bank_factor: latents per training sample in the bank, or None for no bank (fresh latents per batch).
+        seed: the bank's table is seeded with ``seed``, the snapshot-pass table with ``seed + 1``.
+    """
+
+    def __init__(self, latent_dim: int, bank_factor: int | None, seed: int) -> None:
+        if bank_factor is not None:
+            LatentBank(1, 1, bank_factor)  # validates the factor now, before any training
+        self.latent_dim, self.bank_factor, self.seed = latent_dim, bank_factor, seed
+        self._bank: LatentBank | None = None
+        self._pass: LatentBank | None = None
+        self._state: dict = {"bank": None, "pass": None}  # loaded, not yet applied
+
+    def bank(self, num_samples: int) -> LatentBank | None:
+        """The bank, drawn at first use (or restored); None without ``bank_factor``."""
+        if self.bank_factor is None:
+            return None
+        if self._bank is None:
+            self._bank = LatentBank(num_samples, self.latent_dim, self.bank_factor, seed=self.seed)
+            if self._state["bank"] is not None:
+                self._bank.load_state_dict(self._state["bank"])
+            else:
+                self._bank.redraw()
+        return self._bank
+
+    def snapshot_latents(self, num_samples: int) -> LatentBank:
+        """Latents of a snapshot pass: the bank if there is one, else a table of one per sample (redrawn by
+        the caller at each snapshot)."""
+        bank = self.bank(num_samples)
+        if bank is not None:
+            return bank
+        if self._pass is None:
+            self._pass = LatentBank(num_samples, self.latent_dim, 1, seed=self.seed + 1)
+            if self._state["pass"] is not None:
+                self._pass.load_state_dict(self._state["pass"])
+        return self._pass
+
+    def state_dict(self) -> dict:
+        return {"bank": self._bank.state_dict() if self._bank is not None else self._state["bank"],
+                "pass": self._pass.state_dict() if self._pass is not None else self._state["pass"]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._state = {"bank": state.get("bank"), "pass": state.get("pass")}
+        self._bank, self._pass = None, None
