@@ -35,3 +35,29 @@ def test_step_overhead_smoke_run(step_overhead, tmp_path):
         # the baseline is the same algorithm: same parameters after 3 iterations from one initialisation
         assert r.max_param_diff < 1e-6, (r.scheme, r.max_param_diff)
     assert len(json.loads(out.read_text())["rows"]) == len(rows)
+
+
+MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (MNIST / "train-images-idx3-ubyte.gz").is_file(), reason="needs ../shared/data/mnist")
+def test_compare_methods_smoke_run(tmp_path):
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "compare_methods.py"
+    proc = subprocess.run([sys.executable, str(script), "--root", str(MNIST), "--budget", "12", "--seeds", "0",
+                           "--methods", "extraadam", "svre", "--train-samples", "640", "--num-samples", "200",
+                           "--points", "2", "--width", "8", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["method"] for r in results["runs"]] == ["extraadam", "svre"]
+    for run in results["runs"]:
+        last = run["curve"][-1]
+        assert last["val/evaluations"] >= 12  # stopped by the budget, not before
+        assert all(0 < last[f"val/fid_{g}"] < 1e6 for g in ("live", "uniform", "ema"))
+    # SVRE: a pass over 640 images at batch 64 is worth 10 evaluations, then 4 per iteration: 14 at the stop.
+    assert results["runs"][1]["curve"][-1]["val/evaluations"] == 14
+    assert 0 <= results["real_floor_fid"] < 50
+    assert "| ExtraAdam |" in (tmp_path / "table.md").read_text() and (tmp_path / "fid_vs_evaluations.png").is_file()
