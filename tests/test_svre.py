@@ -122,7 +122,7 @@ SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 @pytest.mark.slow
 def test_mnist_svre_config_trains_with_finite_losses(tmp_path, monkeypatch):
-    """configs/mnist_svre.yaml on a 1024-image slice of the local MNIST files, through the CLI."""
+    """configs/mnist_svre.yaml on a 1024-image slice of the local MNIST files, through the CLI (FID included)."""
     from lightning_gan.cli import main
 
     monkeypatch.chdir(tmp_path)
@@ -130,7 +130,7 @@ def test_mnist_svre_config_trains_with_finite_losses(tmp_path, monkeypatch):
     main(["fit", "--config", str(config), "--data.init_args.root", str(SHARED_MNIST),
           "--data.init_args.num_train_samples", "1024", "--trainer.max_steps", "12",
           "--trainer.log_every_n_steps", "2", "--trainer.enable_progress_bar", "false",
-          "--model.svre.variance_every", "4", "--torch_num_threads", "1"])
+          "--model.svre.variance_every", "4", "--torch_num_threads", "1", "--metrics.num_samples", "500"])
     (metrics,) = tmp_path.glob("runs/mnist_svre/version_0/metrics.csv")
     rows = list(csv.DictReader(metrics.open()))
     losses = [float(r[k]) for r in rows for k in ("train/loss_generator", "train/loss_discriminator") if r.get(k)]
@@ -140,3 +140,5 @@ def test_mnist_svre_config_trains_with_finite_losses(tmp_path, monkeypatch):
     variance = [(float(r["svre/variance_svre"]), float(r["svre/variance_plain"])) for r in rows
                 if r.get("svre/variance_svre")]
     assert variance and all(math.isfinite(a) and math.isfinite(b) for a, b in variance)
+    fids = [float(r[f"val/fid_{g}"]) for r in rows for g in ("live", "uniform", "ema") if r.get(f"val/fid_{g}")]
+    assert len(fids) == 3 and all(math.isfinite(v) and v > 0 for v in fids)  # scored once, at the last step
