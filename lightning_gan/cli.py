@@ -7,9 +7,11 @@
 
 One knob places a run: ``trainer.default_root_dir`` (the run directory). Unless ``trainer.logger`` is set,
 each invocation logs to TensorBoard and CSV in ``<run dir>/version_<k>/`` (with ``config.yaml`` and
-``samples/``), while ``checkpoint`` writes ``<run dir>/checkpoints/last.ckpt``, shared by all versions so
-that ``--ckpt_path last`` finds the previous invocation's checkpoint. ``trainer.strategy`` defaults to
-``game_ddp``, which runs on one device as well as on many, so ``--trainer.devices N`` just works.
+``samples/``), while ``checkpoint`` writes ``<run dir>/checkpoints/last.ckpt`` (every
+``checkpoint.every_n_train_steps`` iterations and at the final one), shared by all versions so that ``--ckpt_path
+last`` finds the previous invocation's final state. ``trainer.strategy`` defaults to ``game_ddp``, which runs on one
+device as well as on many, so ``--trainer.devices N`` just works. Inside a SLURM batch job, ``requeue`` saves and
+requeues the job on SIGUSR1 (``--requeue.enabled auto|true|false``).
 
 Invalid settings fail before training, as one line ``lightning-gan: error: <message>`` and exit code 2: values the
 classes reject at construction, and missing data (the data module is loaded before the Trainer is built).
@@ -28,13 +30,12 @@ from typing import Any, NoReturn, Optional
 import torch
 
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 import lightning_gan.distributed  # noqa: F401  (registers strategy "game_ddp" before any Trainer is built)
-from lightning_gan.callbacks import ImageMetrics, SampleGrid
+from lightning_gan.callbacks import FinalStepCheckpoint, ImageMetrics, SampleGrid, SLURMRequeue
 from lightning_gan.data import GameDataModule
 from lightning_gan.module import GANModule
 
@@ -87,8 +88,10 @@ class GANCLI(LightningCLI):
 
     Adds always-present callbacks configured from their own groups: ``samples``
     (:class:`~lightning_gan.callbacks.SampleGrid`), ``metrics`` (:class:`~lightning_gan.callbacks.ImageMetrics`,
-    off unless ``metrics.every_n_steps`` > 0) and ``checkpoint`` (``ModelCheckpoint`` writing ``last.ckpt`` every
-    ``checkpoint.every_n_train_steps`` game iterations).
+    off unless ``metrics.every_n_steps`` > 0), ``checkpoint`` (:class:`~lightning_gan.callbacks.FinalStepCheckpoint`,
+    a ``ModelCheckpoint`` writing ``last.ckpt`` every ``checkpoint.every_n_train_steps`` game iterations and at the
+    final one) and ``requeue`` (:class:`~lightning_gan.callbacks.SLURMRequeue`; with ``enabled: auto`` it is active
+    inside a SLURM batch job only, so that other runs make exactly the collectives they made without it).
 
     Args:
         args: Command-line arguments (``None``: ``sys.argv[1:]``), a list, or a dict.
@@ -120,7 +123,8 @@ class GANCLI(LightningCLI):
         )
         parser.add_lightning_class_args(SampleGrid, "samples")
         parser.add_lightning_class_args(ImageMetrics, "metrics")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(FinalStepCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(SLURMRequeue, "requeue")
         parser.set_defaults({
             # game_ddp works with one process too (a 1-rank process group), and it is the only DDP GANModule accepts.
             "trainer.strategy": "game_ddp",

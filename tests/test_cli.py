@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from gan_fixtures import state_of
 from lightning_gan.cli import GANCLI, main
 from lightning_gan.data import GameDataModule
 from lightning_gan.distributed import GameDDPStrategy
@@ -92,6 +93,27 @@ def test_fit_writes_samples_metrics_and_last_checkpoint_then_resumes(tmp_path):
     assert sorted(p.name for p in (tmp_path / "version_1" / "samples").iterdir()) == ["ema_step10.png",
                                                                                     "live_step10.png"]
     assert torch.load(last, weights_only=False)["global_step"] == 10
+
+
+def test_last_checkpoint_holds_the_final_iteration_and_resumes_like_an_uninterrupted_run(tmp_path):
+    """15 iterations with a checkpoint every 10 still leave last.ckpt at 15 (not 10); resumed to 30, the players,
+    averages and optimizer states equal those of one uninterrupted 30-iteration run, bit for bit."""
+    args = ("--checkpoint.every_n_train_steps=10", "--samples.every_n_steps=0")
+    first = GANCLI(args=tiny_fit(tmp_path / "split", 15, *args))
+    last = tmp_path / "split" / "checkpoints" / "last.ckpt"
+    assert first.trainer.global_step == 15
+    assert torch.load(last, weights_only=False)["global_step"] == 15
+
+    resumed = GANCLI(args=tiny_fit(tmp_path / "split", 30, *args, "--ckpt_path=last"))
+    straight = GANCLI(args=tiny_fit(tmp_path / "straight", 30, *args))
+
+    assert resumed.trainer.global_step == straight.trainer.global_step == 30
+    assert torch.load(last, weights_only=False)["global_step"] == 30
+    expected, actual = state_of(straight.model), state_of(resumed.model)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+    assert resumed.model.evaluations == straight.model.evaluations
 
 
 MISSING = "/nonexistent/mnist"

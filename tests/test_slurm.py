@@ -19,11 +19,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lightning_gan.callbacks import SLURMRequeue
+from lightning_gan.callbacks.requeue import in_slurm_batch_job
 from lightning_gan.cli import GANCLI
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,7 +162,8 @@ def test_sigusr1_saves_requeues_and_resumes(slurm_env, tmp_path):
     assert f"job {job_id} restart 1:" in log, log  # SLURM_RESTART_COUNT=1, echoed by train.sbatch
     saved = run_dir / "hpc_ckpt_1.ckpt"
     assert "SLURMRequeue: SIGUSR1 received; saving" in log and saved.exists(), log
-    assert f"Restored all states from the checkpoint at {saved}" in log, log
+    # train.sbatch resumes from the newest checkpoint: last.ckpt, written at the same step when that run ended.
+    assert f"Restored all states from the checkpoint at {last}" in log, log
     step = _global_step(saved)
     assert 50 <= step < max_steps
     # The requeued run logs to version_1 and continues from that step instead of starting over.
@@ -213,18 +217,16 @@ class _SendSignal(Callback):
 
 
 def test_sigusr1_saves_at_an_iteration_boundary_and_stops(tmp_path, monkeypatch):
-    """Outside SLURM the callback saves hpc_ckpt_1.ckpt at the next check and stops; a late signal is ignored."""
-    from tune.requeue import SLURMRequeue
-
+    """Outside SLURM, ``--requeue.enabled true`` saves hpc_ckpt_1.ckpt at the next check and stops; a late signal is
+    ignored."""
     for key in [k for k in os.environ if k.startswith("SLURM_")]:
         monkeypatch.delenv(key)
     monkeypatch.setattr(sys, "argv", ["lightning-gan"])
     previous, threads, omp = signal.getsignal(signal.SIGUSR1), torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-    requeue = SLURMRequeue()
     try:
         cli = GANCLI(args=["fit", "--config", str(TINY), f"--trainer.default_root_dir={tmp_path}",
-                           "--trainer.strategy=auto", "--trainer.logger=false"],
-                     trainer_defaults={"callbacks": [_SendSignal(7), requeue]})
+                           "--trainer.strategy=auto", "--trainer.logger=false", "--requeue.enabled=true"],
+                     trainer_defaults={"callbacks": [_SendSignal(7)]})
     finally:  # the tiny config sets torch_num_threads: 1 (and OMP_NUM_THREADS); leave no trace for other tests
         handler_after = signal.getsignal(signal.SIGUSR1)
         signal.signal(signal.SIGUSR1, previous)
@@ -233,8 +235,52 @@ def test_sigusr1_saves_at_an_iteration_boundary_and_stops(tmp_path, monkeypatch)
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
             os.environ["OMP_NUM_THREADS"] = omp
-    assert cli.trainer.global_step == 7  # stopped there, instead of running to 300
-    assert _global_step(tmp_path / "hpc_ckpt_1.ckpt") == 7
+    assert [c.active for c in cli.trainer.callbacks if isinstance(c, SLURMRequeue)] == [True]  # the CLI's own
+    # The CLI's callbacks run before trainer_defaults' in each hook: the signal sent after iteration 7 is seen at the
+    # check after iteration 8, which saves and stops there instead of running to 300.
+    assert cli.trainer.global_step == 8
+    assert _global_step(tmp_path / "hpc_ckpt_1.ckpt") == 8
+    assert _global_step(tmp_path / "checkpoints" / "last.ckpt") == 8  # the final step, saved at train end too
     assert handler_after == signal.SIG_IGN
-    with pytest.raises(ValueError, match="Invalid signal_name: 'USR9'"):
-        SLURMRequeue(signal_name="USR9")
+
+
+@pytest.mark.parametrize(("environ", "active"), [
+    ({}, False),  # not under SLURM
+    ({"SLURM_JOB_ID": "12", "SLURM_JOB_NAME": "lightning-gan"}, True),  # sbatch script and its srun steps
+    ({"SLURM_JOB_ID": "12", "SLURM_JOB_NAME": "bash"}, False),  # srun --pty bash
+    ({"SLURM_JOB_ID": "12", "SLURM_JOB_NAME": "interactive"}, False),  # salloc
+], ids=["no-slurm", "batch-job", "srun-pty-bash", "salloc"])
+def test_auto_enables_requeue_only_inside_a_slurm_batch_job(environ, active, monkeypatch):
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+    assert in_slurm_batch_job() is active
+    assert SLURMRequeue().active is active
+    assert SLURMRequeue(enabled=True).active and not SLURMRequeue(enabled=False).active
+
+
+def test_inactive_requeue_makes_no_collective(monkeypatch):
+    """Outside a batch job the CLI's callback must not add its per-iteration all-reduce to ordinary runs."""
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("collective called")
+
+    strategy = SimpleNamespace(reduce_boolean_decision=refuse, broadcast=refuse, barrier=refuse)
+    trainer = SimpleNamespace(global_step=1, strategy=strategy)
+    requeue = SLURMRequeue()
+    requeue.received = True
+    requeue.on_train_batch_end(trainer, None, None, None, 0)
+    requeue.teardown(trainer, None, "fit")
+    assert not requeue.active and requeue.saved is None
+
+
+@pytest.mark.parametrize(("kwargs", "named"), [
+    ({"signal_name": "USR9"}, "Invalid signal_name: 'USR9'"),
+    ({"check_every_n_steps": 0}, "Invalid check_every_n_steps: 0"),
+    ({"enabled": "sometimes"}, "Invalid enabled: 'sometimes'; expected auto, true or false"),
+])
+def test_bad_requeue_settings_fail_naming_the_value(kwargs, named):
+    with pytest.raises(ValueError, match=named):
+        SLURMRequeue(**kwargs)

@@ -1,7 +1,9 @@
 """Callbacks of the ``lightning-gan`` trainer, one class per file."""
 
 from lightning_gan.callbacks.budget import EvaluationBudget
+from lightning_gan.callbacks.checkpoint import FinalStepCheckpoint
 from lightning_gan.callbacks.image_metrics import ImageMetrics
+from lightning_gan.callbacks.requeue import SLURMRequeue
 from lightning_gan.callbacks.samples import SampleGrid
 
-__all__ = ["EvaluationBudget", "ImageMetrics", "SampleGrid"]
+__all__ = ["EvaluationBudget", "FinalStepCheckpoint", "ImageMetrics", "SLURMRequeue", "SampleGrid"]

@@ -1,13 +1,15 @@
-"""SLURM requeue without collectives in a signal handler: SIGUSR1 sets a flag, the ranks agree on it at an
-iteration boundary, save ``hpc_ckpt_<n>.ckpt`` together, and rank 0 requeues the job.
+"""SLURMRequeue: SLURM requeue without collectives in a signal handler.
 
-Lightning's own auto-requeue saves the checkpoint *inside* the SIGUSR1 handler; its ``save_checkpoint`` ends with
-a barrier. A rank whose handler runs while the other rank is blocked in the game's gradient all-reduce then waits
-forever in that barrier (PL#21406; it hung on the first try on the local 2-node cluster, slurm/local-cluster.sh).
-This callback switches Lightning's handler off and does the work where every rank is at the same point.
+SIGUSR1 sets a flag; the ranks agree on it at an iteration boundary, save ``hpc_ckpt_<n>.ckpt`` together, and rank 0
+requeues the job. Lightning's own auto-requeue saves the checkpoint *inside* the SIGUSR1 handler; its
+``save_checkpoint`` ends with a barrier. A rank whose handler runs while the other rank is blocked in the game's
+gradient all-reduce then waits forever in that barrier (PL#21406; it hung on the first try on the local 2-node
+cluster, slurm/local-cluster.sh). This callback switches Lightning's handler off and does the work where every rank
+is at the same point.
 
-Temporary home: it belongs in ``lightning_gan/callbacks/`` (added by the CLI like ``checkpoint``); until then
-``slurm/train.sbatch`` adds it with ``--trainer.callbacks+=tune.requeue.SLURMRequeue``.
+The ``lightning-gan`` command adds it to every run, configured from its ``requeue`` group; by default
+(``requeue.enabled: auto``) it is active only inside a SLURM batch job (see :func:`in_slurm_batch_job`), so that
+other runs make exactly the collectives they made without it.
 """
 
 from __future__ import annotations
@@ -19,16 +21,26 @@ import signal
 import subprocess
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union
 
 import lightning.pytorch as pl
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-__all__ = ["SLURMRequeue", "hpc_checkpoint_path"]
+__all__ = ["SLURMRequeue", "hpc_checkpoint_path", "in_slurm_batch_job"]
 
 log = logging.getLogger(__name__)
+
+#: SLURM_JOB_NAME of interactive allocations (``srun --pty bash``, ``salloc``), as Lightning's SLURMEnvironment
+#: recognises them; such a shell may not be requeued and may run anything, so ``auto`` leaves it alone.
+INTERACTIVE_JOB_NAMES = ("bash", "interactive")
+
+
+def in_slurm_batch_job() -> bool:
+    """Whether this process runs inside a SLURM job that is not an interactive shell: ``SLURM_JOB_ID`` is set and
+    ``SLURM_JOB_NAME`` is not ``bash`` or ``interactive`` (Lightning's own rule for "launched by SLURM")."""
+    return bool(os.environ.get("SLURM_JOB_ID")) and os.environ.get("SLURM_JOB_NAME") not in INTERACTIVE_JOB_NAMES
 
 
 def hpc_checkpoint_path(root: str | Path) -> Path:
@@ -43,26 +55,39 @@ class SLURMRequeue(Callback):
 
     The handler only sets a flag. Every ``check_every_n_steps`` game iterations the ranks OR their flags with one
     tiny all-reduce; when set, all ranks save ``<default_root_dir>/hpc_ckpt_<n>.ckpt`` and training stops; at
-    teardown rank 0 runs ``scontrol requeue $SLURM_JOB_ID`` (outside SLURM it only saves and stops). The requeued job resumes from that
-    checkpoint (Lightning picks ``hpc_ckpt_*`` by itself on SLURM; slurm/train.sbatch passes the newest checkpoint).
+    teardown rank 0 runs ``scontrol requeue $SLURM_JOB_ID`` (outside SLURM it only saves and stops). The requeued job
+    resumes from that step: Lightning picks ``hpc_ckpt_*`` by itself on SLURM when no ``--ckpt_path`` is given, and
+    slurm/train.sbatch passes the newest checkpoint, which is the CLI's ``last.ckpt`` of the same step (written when
+    training ends, see :class:`~lightning_gan.callbacks.FinalStepCheckpoint`).
+
+    Inactive, the callback does nothing at all: no signal handler, no all-reduce, and Lightning's own SLURM handling
+    (which saves inside the handler, see the module docstring) is left as it is.
 
     Args:
+        enabled: ``auto`` (default): active inside a SLURM batch job (``SLURM_JOB_ID`` set, ``SLURM_JOB_NAME`` not
+            ``bash`` or ``interactive``), else inactive; ``true`` or ``false`` force it.
         check_every_n_steps: iterations between agreements, >= 1 (each is one all-reduce of one integer).
         signal_name: the signal to catch, by name (``SIGUSR1``, ``SIGUSR2``, ...).
-        requeue: run ``scontrol requeue`` on SLURM (False: save and stop only).
+        requeue_job: run ``scontrol requeue`` on SLURM after saving (false: save and stop only).
 
     Raises:
-        ValueError: ``check_every_n_steps`` < 1, or an unknown ``signal_name``.
+        ValueError: an ``enabled`` other than auto, true or false; ``check_every_n_steps`` < 1; an unknown
+            ``signal_name``.
     """
 
-    def __init__(self, check_every_n_steps: int = 1, signal_name: str = "SIGUSR1", requeue: bool = True) -> None:
+    def __init__(self, enabled: Union[bool, Literal["auto"]] = "auto", check_every_n_steps: int = 1,
+                 signal_name: str = "SIGUSR1", requeue_job: bool = True) -> None:
+        if enabled not in (True, False, "auto"):
+            raise ValueError(f"Invalid enabled: {enabled!r}; expected auto, true or false")
         if check_every_n_steps < 1:
             raise ValueError(f"Invalid check_every_n_steps: {check_every_n_steps}; expected an integer >= 1")
         if signal_name not in signal.Signals.__members__:
             raise ValueError(f"Invalid signal_name: {signal_name!r}; expected a name such as 'SIGUSR1'")
+        self.enabled = enabled
+        self.active = in_slurm_batch_job() if enabled == "auto" else bool(enabled)
         self.check_every_n_steps = check_every_n_steps
         self.signum = signal.Signals[signal_name]
-        self.requeue = requeue
+        self.requeue_job = requeue_job
         self.received = False
         self.saved: str | None = None  # the checkpoint written on the signal, until the requeue
         self._previous_handler: Any = None
@@ -73,6 +98,8 @@ class SLURMRequeue(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not self.active:
+            return
         environment = trainer._accelerator_connector.cluster_environment  # the one the strategy uses
         if isinstance(environment, SLURMEnvironment):
             environment.auto_requeue = False  # Lightning registers its handlers later (in fit), and now skips them
@@ -83,7 +110,7 @@ class SLURMRequeue(Callback):
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if trainer.global_step % self.check_every_n_steps != 0:
+        if not self.active or trainer.global_step % self.check_every_n_steps != 0:
             return
         # Every rank reaches this line at the same global step, so the all-reduce cannot cross another collective.
         if not trainer.strategy.reduce_boolean_decision(self.received, all=False):
@@ -108,10 +135,10 @@ class SLURMRequeue(Callback):
         # Requeue last: SLURM kills the job's processes as soon as it requeues, so everything else must be done.
         trainer.strategy.barrier("SLURMRequeue")
         job_id = _job_id()
-        if self.requeue and job_id is not None and trainer.is_global_zero:
+        if self.requeue_job and job_id is not None and trainer.is_global_zero:
             result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
             if result.returncode == 0:
-                log.warning(f"SLURMRequeue: requeued job {job_id}; it resumes from {self.saved}")
+                log.warning(f"SLURMRequeue: requeued job {job_id} after saving {self.saved}")
             else:
                 log.error(f"SLURMRequeue: `scontrol requeue {job_id}` failed ({result.returncode}): "
                           f"{result.stderr.strip()}")
