@@ -1,6 +1,6 @@
-"""tune/: the search space file, the config it writes, the callbacks a trial runs with, and a real search: 4 ASHA
+"""tune/: the search space file, the config it writes, the callbacks a trial runs with, and real searches: 4 ASHA
 trials on the 8-mode ring (one failing once and retried from its checkpoint) whose best config then trains with
-``lightning-gan fit`` as it is."""
+``lightning-gan fit`` as it is, PBT, and a trial of 2 Ray Train workers (``--workers-per-trial 2``)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ from lightning.pytorch.callbacks import Callback
 
 from tune.report import ConfigOptimizerScalars
 from tune.results import best_row
-from tune.search import main, parse_args, parse_resources
+from tune.search import concurrent_trials, main, parse_args, parse_resources
 from tune.space import SearchSpace, apply_params, load_space, plain
+from tune.trainable import TrialSetup, trial_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "toy_ring_tiny.yaml"
@@ -97,6 +98,7 @@ def test_resources_and_arguments():
     assert parse_resources('{"cpu": 1}') == {"cpu": 1.0}
     args = parse_args(["--config", str(TINY)])
     assert (args.num_samples, args.scheduler, args.resources_per_trial) == (32, "asha", {"cpu": 1.0})
+    assert args.workers_per_trial == 1
     with pytest.raises(SystemExit):
         parse_args(["--config", str(TINY), "--scheduler", "hyperband"])
 
@@ -234,6 +236,96 @@ def test_pbt_trains_with_the_mutated_values_after_each_exploit(tmp_path):
         assert row["train/lr_generator"] == pytest.approx(lr_g, rel=1e-6), row
         assert row["train/lr_discriminator"] == pytest.approx(lr_d, rel=1e-6), row
     assert len({round(row["config"]["lr_g"], 12) for row in rows}) > 2  # mutated values were trained with
+
+
+class RankLog(Callback):
+    """Test helper, loaded by the Ray Train workers through the config: at train end each rank appends its Lightning
+    rank and world size, its process group's rank and size, its step, its data shard (the training sampler's rank
+    and number of replicas) and a checksum of its parameters."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import torch.distributed as dist
+
+        sampler = trainer.train_dataloader.sampler
+        checksum = sum(float(p.detach().double().sum()) for p in pl_module.parameters())
+        with open(self.path, "a") as f:
+            f.write(f"{trainer.global_rank} {trainer.world_size} {dist.get_rank()} {dist.get_world_size()} "
+                    f"{trainer.global_step} {sampler.rank} {sampler.num_replicas} {checksum!r}\n")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_trial_of_two_ray_train_workers_trains_as_one_process_group_and_reports(tmp_path):
+    """--workers-per-trial 2: the trial runs Ray Train's TorchTrainer with 2 CPU workers (gloo), ranks 0 and 1 of one
+    process group that end with the same parameters; rank 0's reports reach Tune, the checkpoints Ray Train's storage,
+    and the search writes its best config."""
+    ranks = tmp_path / "ranks.txt"
+    config = _base()
+    config["trainer"]["callbacks"] = [{"class_path": "test_tune.RankLog", "init_args": {"path": str(ranks)}}]
+    base = tmp_path / "ring.yaml"
+    base.write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {**_without_rendezvous(os.environ),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-m", "tune.search", "--config", str(base), "--num-samples", "1", "--max-steps", "60",
+               "--report-every", "20", "--workers-per-trial", "2", "--storage-path", str(tmp_path / "searches"),
+               "--name", "ring", "--seed", "0", "--num-cpus", "2"]
+    start = time.monotonic()
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=500)
+    print(f"2-worker search: {time.monotonic() - start:.0f} s wall")
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+
+    lines = sorted(ranks.read_text().splitlines())
+    # Lightning rank / world size, process group rank / size, step, data shard / shards: one group of 2, two shards.
+    assert [line.split()[:7] for line in lines] == [["0", "2", "0", "2", "60", "0", "2"],
+                                                    ["1", "2", "1", "2", "60", "1", "2"]], lines
+    assert lines[0].split()[7] == lines[1].split()[7], lines  # the ranks' parameters agree: gradients were all-reduced
+
+    experiment = tmp_path / "searches" / "ring"  # not tmp_path / "tune": in the workers' cwd it would shadow tune/
+    with open(experiment / "trials.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and rows[0]["outcome"] == "completed" and rows[0]["step"] == "60", rows
+    assert math.isfinite(float(rows[0]["toy/live/mmd2"]))
+    reports = [json.loads(line) for path in experiment.glob("WorkersTrial_*/result.json") for line in open(path)]
+    assert [r["step"] for r in reports] == [20, 40, 60], reports  # rank 0's reports, forwarded to Tune
+    saved = Path(reports[-1]["checkpoint_path"]) / "model.ckpt"  # in Ray Train's storage, inside the trial's run
+    assert saved.is_relative_to(experiment / "runs" / rows[0]["trial"] / "train")
+    assert torch.load(saved, weights_only=False)["global_step"] == 60
+    run = experiment / "runs" / rows[0]["trial"]  # rank 0 alone writes the run: one version, last.ckpt at the end
+    assert [p.name for p in run.glob("version_*")] == ["version_0"]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 60
+    best = yaml.safe_load((experiment / "best.yaml").read_text())
+    assert best["model"]["g_optimizer"]["lr"] == pytest.approx(float(rows[0]["lr_g"]))
+
+
+def test_multi_worker_trial_config_runs_game_ddp_without_requeue():
+    setup = TrialSetup(base=_base(), space=load_space(DEFAULT_SPACE), metric="toy/live/mmd2", mode="min",
+                       max_steps=60, report_every=20, checkpoint_every=20, runs_dir="/runs", cwd="/", mixture=True,
+                       workers=2)
+    config = trial_config(setup, {"lr_g": 1e-3}, "/runs/t")
+    assert (config["trainer"]["strategy"], config["trainer"]["devices"]) == ("game_ddp", 1)  # one device per worker
+    assert config["requeue"]["enabled"] is False  # a trial must never requeue the search's SLURM job
+    setup.workers = 1
+    assert trial_config(setup, {}, "/runs/t")["trainer"]["strategy"] == "auto"
+
+
+def test_multi_worker_trials_at_once_fit_all_their_workers(monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 9.0, "GPU": 2.0, "memory": 1e10})
+    assert concurrent_trials({"cpu": 2.0}, 2) == 2
+    assert concurrent_trials({"cpu": 1.0, "gpu": 1.0}, 2) == 1
+    assert concurrent_trials({"cpu": 4.0}, 4) == 1  # never 0: the trial then waits for an autoscaler
+    assert concurrent_trials({"cpu": 1.0}, 1) is None  # one-process trials: Tune's own limit
+
+
+def test_pbt_refuses_multi_worker_trials(tmp_path, capsys):
+    assert main(["--config", str(TINY), "--scheduler", "pbt", "--workers-per-trial", "2",
+                 "--storage-path", str(tmp_path)]) == 2
+    assert "Invalid --scheduler pbt with --workers-per-trial 2" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*/search_args.json"))
 
 
 def test_plain_turns_numpy_into_python():

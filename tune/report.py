@@ -2,6 +2,7 @@
 
 * :class:`TuneReport` reports the logged metrics (and a checkpoint) to Tune every few iterations, which is what
   ASHA and PBT decide on and what a retried or exploited trial restores from.
+* :class:`TrainReport` does the same from the Ray Train workers of a multi-worker trial (tune/workers.py).
 * :class:`ConfigOptimizerScalars` writes the config's step sizes and momenta back into the optimizers after a
   checkpoint is restored: ``load_state_dict`` restores the old ones, which silently undoes PBT's mutations
   (ray#36660).
@@ -18,7 +19,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-__all__ = ["CHECKPOINT_NAME", "ConfigOptimizerScalars", "TuneReport"]
+__all__ = ["CHECKPOINT_NAME", "ConfigOptimizerScalars", "TrainReport", "TuneReport"]
 
 #: File name of the Lightning checkpoint inside each Tune checkpoint folder.
 CHECKPOINT_NAME = "model.ckpt"
@@ -82,16 +83,49 @@ class TuneReport(Callback):
         return values
 
     def report(self, trainer: pl.Trainer, checkpoint: bool = True) -> None:
-        from ray import tune
-
         metrics = self.metrics(trainer)
         self._reported_step = trainer.global_step
         if not checkpoint:
-            tune.report(metrics)
+            self.send(trainer, metrics, None)
             return
         with tempfile.TemporaryDirectory(prefix="tune-ckpt-") as folder:
-            trainer.save_checkpoint(Path(folder) / CHECKPOINT_NAME)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))  # Tune copies the folder
+            trainer.save_checkpoint(Path(folder) / CHECKPOINT_NAME)  # every rank calls it; rank 0 writes
+            self.send(trainer, metrics, folder)
+
+    def send(self, trainer: pl.Trainer, metrics: dict[str, float], folder: str | None) -> None:
+        """``tune.report`` of ``metrics``, with the checkpoint ``folder`` unless None (Tune copies it)."""
+        from ray import tune
+
+        tune.report(metrics, checkpoint=None if folder is None else tune.Checkpoint.from_directory(folder))
+
+
+class TrainReport(TuneReport):
+    """TuneReport in the Ray Train workers of a multi-worker trial (:mod:`tune.workers`).
+
+    Every rank calls ``ray.train.report`` at the same iterations (it is a barrier of the workers), rank 0 with the
+    checkpoint folder, which Ray Train copies to the trial's storage; the trial's driver passes rank 0's metrics on to
+    Tune. After each report the ranks agree (one all-reduce of a flag) on whether ``stop_file`` exists, which the
+    driver writes when Tune stops the trial, and then end training normally (``trainer.should_stop``).
+
+    Args:
+        *args: as for :class:`TuneReport`.
+        stop_file: path of the driver's stop request; None: never stop early.
+        **kwargs: as for :class:`TuneReport`.
+    """
+
+    def __init__(self, *args: Any, stop_file: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stop_file = None if stop_file is None else Path(stop_file)
+
+    @override
+    def send(self, trainer: pl.Trainer, metrics: dict[str, float], folder: str | None) -> None:
+        import ray.train
+
+        rank0_folder = folder if trainer.is_global_zero else None  # the others' folders are empty
+        ray.train.report(metrics, checkpoint=None if rank0_folder is None else
+                         ray.train.Checkpoint.from_directory(rank0_folder))
+        if self.stop_file is not None and trainer.strategy.reduce_boolean_decision(self.stop_file.exists(), all=False):
+            trainer.should_stop = True
 
 
 class ConfigOptimizerScalars(Callback):

@@ -4,6 +4,7 @@
     python -m tune.search --config configs/quickstart.yaml --num-samples 16 --scheduler pbt --max-steps 2000
     python -m tune.search --config configs/mnist_extragradient.yaml --metric train/loss_generator --mode min \\
         --resources-per-trial cpu=4,gpu=1
+    python -m tune.search --config configs/quickstart.yaml --workers-per-trial 4 --resources-per-trial cpu=2,gpu=1
     lightning-gan fit --config runs/tune/<name>/best.yaml            # the best trial, trained in full
 
 By default it samples the step-size ratio lr_D / lr_G and lr_G (log-uniform) and both players' momentum (uniform
@@ -15,6 +16,12 @@ metric (toy MMD on 2-D mixtures). Results go to <storage-path>/<name>/: ``trials
 an interrupted search continues with ``--resume --name <name>`` (and its own --storage-path), with the
 arguments it started with. On a cluster, connect to a running Ray cluster
 with ``--address auto`` (slurm/tune.sbatch does).
+
+A trial is one training process by default. With ``--workers-per-trial N`` it is Ray Train's ``TorchTrainer`` with
+N workers (one ``game_ddp`` process group, global batch N x ``data.batch_size``), each reserving
+``--resources-per-trial``; the trial's own driver reserves no CPU, and trials at once default to what the cluster's
+CPUs and GPUs allow (see tune/workers.py). Such searches use ASHA: PBT needs Tune checkpoints, which these trials
+leave to Ray Train.
 """
 
 from __future__ import annotations
@@ -81,9 +88,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--synch", action="store_true", help="PBT: wait for the whole population at each "
                         "perturbation (reproducible decisions; needs all trials running at once)")
     parser.add_argument("--resources-per-trial", type=parse_resources, default={"cpu": 1.0},
-                        help="e.g. cpu=2,gpu=1 (default cpu=1); one process per trial")
+                        help="e.g. cpu=2,gpu=1 (default cpu=1): of the trial's process, or of each worker with "
+                        "--workers-per-trial")
+    parser.add_argument("--workers-per-trial", type=positive_int, default=1,
+                        help="training processes per trial (default 1); N > 1 runs Ray Train's TorchTrainer with N "
+                        "workers in each trial (ASHA only)")
     parser.add_argument("--max-concurrent", type=positive_int, help="trials at once (default: as resources allow)")
-    parser.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial, from its checkpoint")
+    parser.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial, from its checkpoint "
+                        "(with --workers-per-trial also Ray Train's restarts of failed workers within a trial)")
     parser.add_argument("--storage-path", default="runs/tune", help="results folder (shared by all nodes)")
     parser.add_argument("--name", help="experiment name (default: <config>-<scheduler>-<time>)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted experiment --name")
@@ -156,6 +168,11 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
     if not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"Invalid max steps: {max_steps!r}; set trainer.max_steps in {args.config} or --max-steps")
     report_every = args.report_every or max(1, max_steps // 20)
+    workers = args.workers_per_trial
+    if workers > 1 and args.scheduler == "pbt":
+        raise ValueError(f"Invalid --scheduler pbt with --workers-per-trial {workers}: PBT clones trials through Tune "
+                         "checkpoints, and a multi-worker trial keeps its checkpoints in Ray Train's storage; use "
+                         "--scheduler asha, or one worker per trial")
     # Fail here, with the CLI's message, rather than in every trial.
     check_config(apply_params(base, space.typical()), f"{args.config} with the values of {args.space}")
 
@@ -169,7 +186,9 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
         save_args(args, experiment, name, storage)
     setup = TrialSetup(base=base, space=space, metric=metric, mode=mode, max_steps=max_steps,
                        report_every=report_every, checkpoint_every=checkpoint_every, runs_dir=str(experiment / "runs"),
-                       cwd=getattr(args, "cwd", None) or os.getcwd(), mixture=mixture)
+                       cwd=getattr(args, "cwd", None) or os.getcwd(), mixture=mixture, workers=workers,
+                       resources_per_worker=args.resources_per_trial, max_failures=args.max_failures,
+                       checkpoints_kept=keep)
 
     # Tune warns when checkpoints come faster than its state snapshots; frequent small checkpoints are the point here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -180,7 +199,13 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
              configure_logging=True, logging_level="warning",
              runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}})
     try:
-        trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), args.resources_per_trial)
+        if workers > 1:
+            from tune.workers import DRIVER_RESOURCES, WorkersTrial
+
+            trainable = tune.with_resources(tune.with_parameters(WorkersTrial, setup=setup), DRIVER_RESOURCES)
+        else:
+            trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), args.resources_per_trial)
+        max_concurrent = args.max_concurrent or concurrent_trials(args.resources_per_trial, workers)
         if args.resume:
             if not tune.Tuner.can_restore(str(experiment)):
                 raise ValueError(f"Invalid --resume: no experiment to continue in {experiment}")
@@ -192,9 +217,9 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
                 tune_config=tune.TuneConfig(
                     metric=metric, mode=mode, scheduler=scheduler, num_samples=args.num_samples,
                     # Tune ignores max_concurrent_trials next to a seeded generator: the generator limits instead.
-                    max_concurrent_trials=args.max_concurrent if args.seed is None else None,
+                    max_concurrent_trials=max_concurrent if args.seed is None else None,
                     search_alg=None if args.seed is None else
-                    BasicVariantGenerator(random_state=args.seed, max_concurrent=args.max_concurrent or 0)),
+                    BasicVariantGenerator(random_state=args.seed, max_concurrent=max_concurrent or 0)),
                 run_config=tune.RunConfig(
                     name=name, storage_path=str(storage), verbose=1,
                     failure_config=tune.FailureConfig(max_failures=args.max_failures),
@@ -228,6 +253,21 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
     print(f"best trial {best['trial']}: {metric}={best[metric]:.6g} -> {best_path}\n"
           f"  lightning-gan fit --config {best_path}")
     return out
+
+
+def concurrent_trials(resources_per_worker: dict[str, float], workers: int) -> int | None:
+    """Trials at once for multi-worker trials: as many as the Ray cluster's resources hold all the workers of (at
+    least 1); None (no limit) for one-process trials, which Tune limits by their own resources. A trial's driver
+    reserves no CPU, so without this limit Tune would start drivers whose workers cannot all be placed."""
+    import ray
+
+    if workers == 1:
+        return None
+    total = ray.cluster_resources()
+    names = {"cpu": "CPU", "gpu": "GPU"}
+    fits = [int(total.get(names.get(key, key), 0.0) // (amount * workers))
+            for key, amount in resources_per_worker.items() if amount > 0]
+    return max(1, min(fits, default=1))
 
 
 def make_scheduler(args: argparse.Namespace, space: SearchSpace, max_steps: int,
@@ -266,6 +306,7 @@ def resumed_args(args: argparse.Namespace, experiment: Path) -> argparse.Namespa
     if not saved.is_file():
         raise ValueError(f"Invalid --resume: no search to continue in {experiment} (no {ARGS_FILE})")
     values = json.loads(saved.read_text())
+    values.setdefault("workers_per_trial", 1)  # saved before the option existed
     values.update(resume=True, address=args.address, num_cpus=args.num_cpus, max_failures=args.max_failures)
     return argparse.Namespace(**values)
 
