@@ -100,7 +100,8 @@ class GANCLI(LightningCLI):
     """
 
     def __init__(self, args: Sequence[str] | dict[str, Any] | None = None, run: bool = True, **kwargs: Any) -> None:
-        parser_kwargs = {"prog": PROG, "description": "Train a GAN as a two-player game (lightning-gan)."}
+        parser_kwargs = {"prog": PROG, "description": "Train a GAN as a two-player game (lightning-gan). "
+                                                       "Score a checkpoint: lightning-gan evaluate --help."}
         parser_kwargs.update(kwargs.pop("parser_kwargs", {}))
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_class", GANArgumentParser)
@@ -175,7 +176,16 @@ class GANCLI(LightningCLI):
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of the ``lightning-gan`` console script and of ``python -m lightning_gan``."""
+    """Entry point of the ``lightning-gan`` console script and of ``python -m lightning_gan``.
+
+    ``lightning-gan evaluate ...`` goes to :mod:`lightning_gan.evaluate`; everything else to :class:`GANCLI`.
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv[:1] == ["evaluate"]:
+        from lightning_gan.evaluate import main as evaluate  # here: evaluate imports this module
+
+        evaluate(argv[1:])
+        return
     GANCLI(args=args)
 
 

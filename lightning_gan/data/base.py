@@ -158,15 +158,19 @@ class GameDataModule(LightningDataModule):
         return DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=self.num_workers)
 
     # -- real samples for metrics ----------------------------------------------------------
-    def sample_real(self, n: int) -> Tensor:
-        """``n`` training samples, the same on every call and every rank (seeded by ``seed``).
+    def sample_real(self, n: int, split: str = "train") -> Tensor:
+        """``n`` samples of ``split``, the same on every call and every rank (seeded by ``seed``).
 
-        Draws without replacement in a seeded permutation; if ``n`` exceeds the training set,
-        further permutations are appended (each sample then appears at most ceil(n / len) times).
+        Draws without replacement in a seeded permutation; if ``n`` exceeds the split, further
+        permutations are appended (each sample then appears at most ceil(n / len) times).
+
+        Args:
+            n: Number of samples, >= 1.
+            split: ``"train"``, or ``"test"`` for the held-out split (``val_set``: e.g. MNIST's t10k).
         """
         if n < 1:
             raise ValueError(f"Invalid n: {n}; expected an integer >= 1")
-        dataset = self._train_dataset()
+        dataset = self.split_dataset(split)
         size = len(dataset)  # type: ignore[arg-type]
         generator = torch.Generator().manual_seed(self.seed)
         order = torch.cat([torch.randperm(size, generator=generator) for _ in range(math.ceil(n / size))])[:n]
@@ -174,3 +178,15 @@ class GameDataModule(LightningDataModule):
             x = dataset.data[order]
             return to_unit_range(x) if x.dtype == torch.uint8 else x.clone()
         return torch.stack([dataset[i][0] for i in order.tolist()])
+
+    def split_dataset(self, split: str) -> Dataset:
+        """The training set or the (non-empty) held-out set, loaded; one error naming the split otherwise."""
+        if split == "train":
+            return self._train_dataset()
+        if split != "test":
+            raise ValueError(f"Invalid split: {split!r}; expected 'train' or 'test' (the held-out split)")
+        self.setup("validate")
+        if self.val_set is None or len(self.val_set) == 0:  # type: ignore[arg-type]
+            raise ValueError(f"Invalid split: 'test'; {type(self).__name__} holds no held-out samples here "
+                             f"(e.g. num_val_samples=0 or val_fraction=0, or none exists); use 'train'")
+        return self.val_set

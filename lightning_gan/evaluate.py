@@ -1,0 +1,357 @@
+"""``lightning-gan evaluate``: FID / KID / IS (or the toy metrics) of a trained run's generators, from a checkpoint.
+
+    lightning-gan evaluate --ckpt runs/mnist_extragradient/checkpoints/last.ckpt --num-samples 10000
+    lightning-gan evaluate --ckpt last.ckpt --generator ema --extractor inception --weights pt_inception.pth
+
+A checkpoint holds no player architectures (GANModule leaves them out of its hyper-parameters), so the
+module and the data module are rebuilt from the run's ``config.yaml`` through :class:`~lightning_gan.cli.GANCLI`
+(validated as ``fit`` validates), then the checkpoint's weights are loaded strictly. Without ``--config``
+the newest ``<run dir>/version_<k>/config.yaml`` next to ``<run dir>/checkpoints/`` is used.
+
+Everything that can be checked without data (arguments, checkpoint file, config, generators, the
+extractor's weights) is checked before any data is loaded or any sample drawn; bad input is one line
+``lightning-gan: error: ...`` and exit code 2. Real features are cached by torch-fidelity under a name
+built from the data module class, split, N, seed and a hash of the real images themselves (so that,
+e.g., MNIST and Fashion-MNIST through one class never share an entry), plus the weights' hash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import json
+import math
+import re
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, NoReturn, get_args
+
+import torch
+import yaml
+from lightning.pytorch import Trainer
+from lightning.pytorch.cli import LightningCLI
+from torch import Tensor
+
+from lightning_gan.cli import PROG, USER_ERRORS, GANCLI, fail
+from lightning_gan.data import GameDataModule, GaussianMixtureDataModule
+from lightning_gan.metrics import ExtractorSpec, fidelity_metrics, mixture_metrics, resolve_extractor
+from lightning_gan.metrics.fidelity import EXTRACTORS, METRICS
+from lightning_gan.metrics.image_metrics import default_extractor
+from lightning_gan.module import GANModule, GeneratorChoice
+
+__all__ = ["Scorer", "build_parser", "evaluate", "find_config", "format_line", "load_run", "load_weights", "main",
+           "real_cache_name", "sample_images"]
+
+GENERATORS: tuple[str, ...] = get_args(GeneratorChoice)
+TOY_METRICS = ("modes", "mmd", "energy")  # modes: modes covered and share of high-quality samples
+#: Arguments of the ``fit`` subcommand itself (ckpt_path, ...): in a run's config.yaml, unknown to a run=False parser.
+_FIT_ONLY = [name for name in inspect.signature(Trainer.fit).parameters
+             if name != "self" and name not in LightningCLI.subcommands()["fit"]]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but errors are our one line and exit code 2, without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``lightning-gan evaluate`` (abbreviations off: ``--data.*`` overrides pass through)."""
+    p = _Parser(prog=f"{PROG} evaluate", allow_abbrev=False,
+                description="FID / KID / IS (images) or mode coverage, MMD and energy distance (2-D mixtures) of a "
+                            "trained run's generators. Further --model.* / --data.* arguments override the run's "
+                            "config (e.g. --data.init_args.root when the data moved).")
+    p.add_argument("--ckpt", required=True, type=Path, metavar="PATH", help="checkpoint written by `lightning-gan fit`")
+    p.add_argument("--metrics", metavar="LIST", help="comma list: fid,kid,is (images) or modes,mmd,energy "
+                   "(2-D mixtures); default: all of the data's kind")
+    p.add_argument("--num-samples", type=int, default=10_000, metavar="N",
+                   help="N generated and N real samples (default 10000)")
+    p.add_argument("--generator", action="append", metavar="NAME",
+                   help="live, uniform, ema (repeatable or comma list; default: all the checkpoint keeps)")
+    p.add_argument("--extractor", choices=EXTRACTORS, help="default: the digit classifier of MNIST, Fashion-MNIST "
+                   "or 8x8 digits data, inception otherwise")
+    p.add_argument("--weights", type=Path, metavar="FILE", help="extractor weights file (inception: else "
+                   "$LIGHTNING_GAN_INCEPTION_WEIGHTS, then torch hub's cache; digits: else the shipped file)")
+    p.add_argument("--real-split", choices=("train", "test"), default="train",
+                   help="real samples from the training or the held-out split")
+    p.add_argument("--config", type=Path, metavar="YAML",
+                   help="the run's config.yaml (default: the newest version_<k>/config.yaml)")
+    p.add_argument("--out", type=Path, metavar="JSON", help="results JSON (default: <ckpt dir>/<ckpt stem>.eval.json)")
+    p.add_argument("--batch-size", type=int, default=256, metavar="B", help="generator and feature-extractor batch")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where generators and extractor run (default: cuda when available)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the latents and of KID's subsets")
+    p.add_argument("--kid-subset-size", type=int, metavar="K", help="default: min(1000, N)")
+    p.add_argument("--kid-subsets", type=int, default=100, metavar="M", help="KID subsets (default 100)")
+    p.add_argument("--is-splits", type=int, default=10, metavar="M", help="IS splits (default 10)")
+    p.add_argument("--cache-dir", type=Path, metavar="DIR",
+                   help="real-feature cache (default: $TORCH_HOME/fidelity_cache)")
+    return p
+
+
+def _names(values: Sequence[str] | None) -> list[str]:
+    """``["a,b", "c"]`` -> ``["a", "b", "c"]``, first occurrence kept."""
+    return list(dict.fromkeys(v.strip() for value in values or () for v in value.split(",") if v.strip()))
+
+
+def _check_arguments(args: argparse.Namespace, overrides: list[str]) -> None:
+    """Everything checkable from the arguments alone, before the config or the checkpoint is read."""
+    bad = [token for token in overrides if token.startswith("-") and not token.startswith(("--model.", "--data."))]
+    if bad or (overrides and not overrides[0].startswith("-")):
+        fail(f"unrecognized arguments: {' '.join(bad or overrides[:1])}; only --model.* and --data.* config "
+             f"overrides may follow the evaluate options")
+    unknown = [m for m in _names([args.metrics] if args.metrics else None) if m not in METRICS + TOY_METRICS]
+    if unknown:
+        fail(f"Invalid metrics: {unknown}; expected a comma list of {', '.join(METRICS)} (images) or "
+             f"{', '.join(TOY_METRICS)} (2-D mixtures)")
+    unknown = [g for g in _names(args.generator) if g not in GENERATORS]
+    if unknown:
+        fail(f"Invalid generator: {unknown}; expected live, uniform or ema")
+    for name, low in (("num_samples", 2), ("batch_size", 1), ("kid_subsets", 1), ("is_splits", 1)):
+        if getattr(args, name) < low:
+            fail(f"Invalid --{name.replace('_', '-')}: {getattr(args, name)}; expected an integer >= {low}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        fail("Invalid --device: 'cuda'; CUDA is not available on this machine, use --device cpu")
+    if not args.ckpt.is_file():
+        fail(f"Checkpoint {args.ckpt} not found; expected a .ckpt file written by `{PROG} fit` "
+             f"(e.g. <run dir>/checkpoints/last.ckpt)")
+    if args.config is not None and not args.config.is_file():
+        fail(f"Config {args.config} not found; expected the config.yaml that `{PROG} fit` wrote into "
+             f"<run dir>/version_<k>/")
+
+
+# -- the run: config, module, data ------------------------------------------------------------------
+
+def find_config(ckpt: Path) -> Path:
+    """The newest ``version_<k>/config.yaml`` of the checkpoint's run (``<run dir>/checkpoints/x.ckpt``)."""
+    run_dir = ckpt.resolve().parent
+    if run_dir.name == "checkpoints":
+        run_dir = run_dir.parent
+    versions = [(int(m.group(1)), p) for p in run_dir.glob("version_*/config.yaml")
+                if (m := re.fullmatch(r"version_(\d+)", p.parent.name))]
+    if not versions:
+        raise FileNotFoundError(f"No config found for checkpoint {ckpt}: no {run_dir}/version_<k>/config.yaml; pass "
+                                f"the run's config with --config")
+    return max(versions)[1]
+
+
+class _BuildCLI(GANCLI):
+    """GANCLI that builds module and data module only: no Trainer (it would open a logger's version folder)."""
+
+    def instantiate_trainer(self, **kwargs: Any) -> None:  # type: ignore[override]
+        return None
+
+
+def load_run(ckpt: Path, config: Path, overrides: Sequence[str] = ()) -> tuple[GANModule, GameDataModule]:
+    """Module and data module from ``config`` (validated as ``fit`` does, data not loaded yet), no weights yet."""
+    try:
+        settings = yaml.safe_load(config.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"Invalid config {config}: cannot be read as YAML ({error})") from error
+    if not isinstance(settings, dict) or "model" not in settings:
+        raise ValueError(f"Invalid config {config}: expected the config.yaml that `{PROG} fit` writes")
+    for key in _FIT_ONLY:
+        settings.pop(key, None)  # e.g. ckpt_path: not an argument of the run=False parser
+    args = ["--config", yaml.safe_dump(settings), "--seed_everything=false", "--torch_num_threads=null", *overrides]
+    with warnings.catch_warnings():  # it warns that `args` and sys.argv (`evaluate ...`) are both given
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        cli = _BuildCLI(args=args, run=False)
+    return cli.model, cli.datamodule
+
+
+def load_weights(module: GANModule, ckpt: Path, config: Path) -> dict[str, Any]:
+    """Loads the checkpoint's weights into ``module`` strictly; returns step, F-evaluations and images seen."""
+    try:
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same message
+        raise ValueError(f"Invalid checkpoint {ckpt}: cannot be read ({type(error).__name__}: {error})") from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "lightning_gan" not in checkpoint:
+        raise ValueError(f"Invalid checkpoint {ckpt}: no 'state_dict' and 'lightning_gan' entries; expected a "
+                         f"checkpoint written by `{PROG} fit`")
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        detail = " ".join(str(error).split())
+        raise ValueError(f"Checkpoint {ckpt} does not match config {config}: "
+                         f"{detail[:400]}{'...' if len(detail) > 400 else ''}; pass the run's own config with "
+                         f"--config") from error
+    state = checkpoint["lightning_gan"]
+    return {"global_step": int(checkpoint.get("global_step", 0)), "evaluations": state.get("evaluations"),
+            "images_seen": state.get("images_seen")}
+
+
+def kept_generators(module: GANModule) -> list[str]:
+    """``live`` and the averages this run keeps."""
+    return ["live", *(g for g in ("uniform", "ema") if module.generator_averages.get(g) is not None)]
+
+
+# -- samples and scores -----------------------------------------------------------------------------
+
+@torch.no_grad()
+def sample_images(module: GANModule, which: str, n: int, seed: int, batch_size: int) -> Tensor:
+    """``module.sample(n, which, seed)`` in batches: the same latents and eval mode, bounded memory. On the CPU."""
+    generator = module.generator_for(which)  # type: ignore[arg-type]
+    z = torch.randn(n, module.latents.latent_dim, generator=torch.Generator().manual_seed(seed))
+    was_training = generator.training
+    generator.eval()
+    try:
+        return torch.cat([generator(chunk.to(module.device)).float().cpu() for chunk in z.split(batch_size)])
+    finally:
+        generator.train(was_training)
+
+
+def real_cache_name(datamodule: GameDataModule, split: str, real: Tensor) -> str:
+    """Cache entry of these real samples: readable parts plus a hash of the samples themselves."""
+    digest = hashlib.sha256(real.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:12]
+    return f"lightning-gan-{type(datamodule).__name__}-{split}-n{len(real)}-seed{datamodule.seed}-{digest}"
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """How every generator of one run is scored against the same real samples.
+
+    ``spec`` None means 2-D mixture data, scored by :func:`~lightning_gan.metrics.mixture_metrics`
+    (``modes``/``std`` of the data module); otherwise torch-fidelity with that extractor.
+    """
+
+    metrics: tuple[str, ...]
+    spec: ExtractorSpec | None = None
+    modes: Tensor | None = None
+    std: float = 0.0
+    device: str = "cpu"
+    batch_size: int = 256
+    seed: int = 0
+    kid_subset_size: int = 1000
+    kid_subsets: int = 100
+    is_splits: int = 10
+    cache_name: str | None = None
+    cache_root: Path | None = None
+
+    def __call__(self, samples: Tensor, real: Tensor) -> dict[str, float]:
+        if self.spec is None:
+            assert self.modes is not None, "mixture scoring needs the modes"
+            needs_reference = any(m in self.metrics for m in ("mmd", "energy"))
+            values = mixture_metrics(samples, self.modes, self.std, real if needs_reference else None)
+            keep = {"modes": ("modes_covered", "num_modes", "high_quality"), "mmd": ("mmd2",), "energy": ("energy",)}
+            return {key: values[key] for m in self.metrics for key in keep[m]}
+        return fidelity_metrics(samples, real, self.spec, self.metrics, device=self.device,
+                                batch_size=self.batch_size, kid_subsets=self.kid_subsets,
+                                kid_subset_size=self.kid_subset_size, is_splits=self.is_splits, seed=self.seed,
+                                real_cache_name=self.cache_name, cache_root=self.cache_root)
+
+
+def format_line(which: str, values: dict[str, float], note: str) -> str:
+    """``ema: fid 12.34  kid 0.0123 ± 0.0011  is 8.12 ± 0.05  (N=10000, extractor mnist, step 5000)``."""
+    parts = []
+    if "fid" in values:
+        parts.append(f"fid {values['fid']:.2f}")
+    if "kid_mean" in values:
+        parts.append(f"kid {values['kid_mean']:.4g} ± {values['kid_std']:.2g}")
+    if "is_mean" in values:
+        parts.append(f"is {values['is_mean']:.2f} ± {values['is_std']:.2f}")
+    if "modes_covered" in values:
+        parts.append(f"modes {values['modes_covered']:.0f}/{values['num_modes']:.0f}  "
+                     f"high quality {100 * values['high_quality']:.1f}%")
+    if "mmd2" in values:
+        parts.append(f"mmd2 {values['mmd2']:.4f}")
+    if "energy" in values:
+        parts.append(f"energy {values['energy']:.4f}")
+    return f"{which}: {'  '.join(parts)}  ({note})"
+
+
+# -- the command --------------------------------------------------------------------------------------
+
+def _note(message: str) -> None:
+    print(f"{PROG} evaluate: {message}", file=sys.stderr, flush=True)
+
+
+def _plan(args: argparse.Namespace, module: GANModule, datamodule: GameDataModule) -> tuple[list[str], Scorer]:
+    """Generators and scorer, checked against the run; resolves (and so checks) the extractor's weights."""
+    kept = kept_generators(module)
+    generators = _names(args.generator) or kept
+    missing = [g for g in generators if g not in kept]
+    if missing:
+        raise ValueError(f"Invalid generator: {missing}; this run keeps {', '.join(kept)} (averages come from the "
+                         f"run's uniform_average / ema_decay)")
+    asked = tuple(_names([args.metrics] if args.metrics else None))
+    if isinstance(datamodule, GaussianMixtureDataModule):
+        if args.extractor is not None or args.weights is not None:
+            raise ValueError(f"Invalid --extractor/--weights for {type(datamodule).__name__}: 2-D points are scored "
+                             f"by the toy metrics ({', '.join(TOY_METRICS)}), without a feature extractor")
+        if set(asked) - set(TOY_METRICS):
+            raise ValueError(f"Invalid metrics for {type(datamodule).__name__} (2-D points): {list(asked)}; expected "
+                             f"a subset of {', '.join(TOY_METRICS)}")
+        return generators, Scorer(asked or TOY_METRICS, modes=datamodule.modes, std=datamodule.std)
+    if set(asked) - set(METRICS):
+        raise ValueError(f"Invalid metrics for image data: {list(asked)}; expected a subset of {', '.join(METRICS)}")
+    metrics = asked or METRICS
+    kid_subset_size = args.kid_subset_size if args.kid_subset_size is not None else min(1000, args.num_samples)
+    if "kid" in metrics and not 2 <= kid_subset_size <= args.num_samples:
+        raise ValueError(f"Invalid --kid-subset-size: {kid_subset_size}; expected 2 <= kid_subset_size <= N = "
+                         f"{args.num_samples} (--num-samples)")
+    if "is" in metrics and args.is_splits > args.num_samples:
+        raise ValueError(f"Invalid --is-splits: {args.is_splits}; expected at most N = {args.num_samples}")
+    spec = resolve_extractor(args.extractor or default_extractor(datamodule), args.weights)
+    return generators, Scorer(metrics, spec, device=args.device, batch_size=args.batch_size, seed=args.seed,
+                              kid_subset_size=kid_subset_size, kid_subsets=args.kid_subsets,
+                              is_splits=args.is_splits, cache_root=args.cache_dir)
+
+
+def evaluate(args: argparse.Namespace, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Runs the evaluation described by the parsed arguments; prints one line per generator, returns the report."""
+    ckpt = args.ckpt.resolve()
+    config = args.config.resolve() if args.config is not None else find_config(ckpt)
+    if args.config is None:
+        _note(f"config {config} (newest version of the run; pass --config to choose)")
+    module, datamodule = load_run(ckpt, config, overrides)
+    generators, scorer = _plan(args, module, datamodule)  # the extractor's weights are checked here, before any data
+    progress = load_weights(module, ckpt, config)
+    module.to(args.device)
+    n = args.num_samples
+    real = datamodule.sample_real(n, split=args.real_split)
+    available = len(datamodule.split_dataset(args.real_split))  # type: ignore[arg-type]
+    if n > available:
+        _note(f"N = {n} exceeds the {available} samples of the {args.real_split} split: real samples repeat")
+    if scorer.spec is not None:
+        scorer = replace(scorer, cache_name=real_cache_name(datamodule, args.real_split, real))
+    extractor = None if scorer.spec is None else scorer.spec.extractor
+    note = f"N={n}" + (f", extractor {extractor}" if extractor else "") + f", step {progress['global_step']}"
+    results = {}
+    for which in generators:
+        results[which] = scorer(sample_images(module, which, n, args.seed, args.batch_size), real)
+        print(format_line(which, results[which], note), flush=True)
+    return {
+        "checkpoint": str(ckpt), "config": str(config), **progress,
+        "data": type(datamodule).__name__, "real_split": args.real_split, "num_samples": n, "seed": args.seed,
+        "extractor": extractor,
+        "weights": None if scorer.spec is None else str(scorer.spec.weights),
+        "weights_hash": None if scorer.spec is None else scorer.spec.digest(),
+        "metrics": list(scorer.metrics),
+        "kid_subset_size": scorer.kid_subset_size if "kid" in scorer.metrics else None,
+        "kid_subsets": scorer.kid_subsets if "kid" in scorer.metrics else None,
+        "is_splits": scorer.is_splits if "is" in scorer.metrics else None,
+        "real_cache_name": scorer.cache_name,
+        "results": results,
+    }
+
+
+def main(argv: Sequence[str]) -> dict[str, Any]:
+    """``lightning-gan evaluate ARGV`` (``argv`` without the word ``evaluate``); returns the report it writes."""
+    args, overrides = build_parser().parse_known_args(list(argv))
+    _check_arguments(args, overrides)
+    out = args.out or args.ckpt.with_name(f"{args.ckpt.stem}.eval.json")
+    try:
+        report = evaluate(args, overrides)
+    except USER_ERRORS as error:
+        fail(error)
+    if not all(math.isfinite(v) for values in report["results"].values() for v in values.values()):
+        _note("some values are not finite (e.g. a standard deviation over a single split)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    _note(f"wrote {out}")
+    return report
