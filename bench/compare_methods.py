@@ -123,18 +123,13 @@ def read_scores(run_dir: Path) -> list[dict[str, float]]:
 
 def real_floor(args: argparse.Namespace) -> float:
     """FID of ``--num-samples`` training images against as many test images: the best a generator can score."""
-    import torch
-
     from lightning_gan.data import MNISTDataModule
     from lightning_gan.metrics import build_image_metrics
 
     data = MNISTDataModule(root=str(args.root), num_train_samples=args.train_samples)
-    data.setup("fit")
     fid = build_image_metrics(("fid",), "mnist")["fid"]
-    generator = torch.Generator().manual_seed(0)
-    for dataset, real in ((data.val_set, True), (data.train_set, False)):
-        rows = torch.randperm(len(dataset), generator=generator)[:args.num_samples]
-        fid.update(dataset.data[rows].float().div(127.5).sub(1.0), real=real)
+    fid.update(data.sample_real(args.num_samples, split="test"), real=True)
+    fid.update(data.sample_real(args.num_samples, split="train"), real=False)
     return float(fid.compute())
 
 

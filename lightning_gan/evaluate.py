@@ -44,7 +44,7 @@ from lightning_gan.metrics.image_metrics import default_extractor
 from lightning_gan.module import GANModule, GeneratorChoice
 
 __all__ = ["Scorer", "build_parser", "evaluate", "find_config", "format_line", "load_run", "load_weights", "main",
-           "real_cache_name", "sample_images"]
+           "real_cache_name"]
 
 GENERATORS: tuple[str, ...] = get_args(GeneratorChoice)
 TOY_METRICS = ("modes", "mmd", "energy")  # modes: modes covered and share of high-quality samples
@@ -192,19 +192,6 @@ def kept_generators(module: GANModule) -> list[str]:
 
 # -- samples and scores -----------------------------------------------------------------------------
 
-@torch.no_grad()
-def sample_images(module: GANModule, which: str, n: int, seed: int, batch_size: int) -> Tensor:
-    """``module.sample(n, which, seed)`` in batches: the same latents and eval mode, bounded memory. On the CPU."""
-    generator = module.generator_for(which)  # type: ignore[arg-type]
-    z = torch.randn(n, module.latents.latent_dim, generator=torch.Generator().manual_seed(seed))
-    was_training = generator.training
-    generator.eval()
-    try:
-        return torch.cat([generator(chunk.to(module.device)).float().cpu() for chunk in z.split(batch_size)])
-    finally:
-        generator.train(was_training)
-
-
 def real_cache_name(datamodule: GameDataModule, split: str, real: Tensor) -> str:
     """Cache entry of these real samples: readable parts plus a hash of the samples themselves."""
     digest = hashlib.sha256(real.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:12]
@@ -323,7 +310,8 @@ def evaluate(args: argparse.Namespace, overrides: Sequence[str] = ()) -> dict[st
     note = f"N={n}" + (f", extractor {extractor}" if extractor else "") + f", step {progress['global_step']}"
     results = {}
     for which in generators:
-        results[which] = scorer(sample_images(module, which, n, args.seed, args.batch_size), real)
+        fake = module.sample(n, which, args.seed, batch_size=args.batch_size).float().cpu()  # type: ignore[arg-type]
+        results[which] = scorer(fake, real)
         print(format_line(which, results[which], note), flush=True)
     return {
         "checkpoint": str(ckpt), "config": str(config), **progress,

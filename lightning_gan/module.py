@@ -293,14 +293,22 @@ class GANModule(pl.LightningModule):
         return average
 
     @torch.no_grad()
-    def sample(self, num_samples: int, which: GeneratorChoice = "live", seed: int = 1234) -> Tensor:
-        """``num_samples`` samples from a fixed latent stream, in eval mode (BatchNorm uses running statistics)."""
+    def sample(self, num_samples: int, which: GeneratorChoice = "live", seed: int = 1234, *,
+               batch_size: int | None = None, rank: int = 0, world_size: int = 1) -> Tensor:
+        """``num_samples`` samples from a fixed latent stream, in eval mode (BatchNorm uses running statistics).
+
+        Args:
+            batch_size: Latents per generator forward (None: all at once); the samples do not depend on it.
+            rank, world_size: Return only rows ``rank::world_size`` of the ``num_samples``, so that the ranks of a
+                metric split one set of samples without padding or duplicates.
+        """
         generator = self.generator_for(which)
         z = torch.randn(num_samples, self.latents.latent_dim, generator=torch.Generator().manual_seed(seed))
+        z = z[rank::world_size]
         was_training = generator.training
         generator.eval()
         try:
-            return generator(z.to(self.device))
+            return torch.cat([generator(chunk.to(self.device)) for chunk in z.split(batch_size or max(1, len(z)))])
         finally:
             generator.train(was_training)
 

@@ -22,6 +22,7 @@ from lightning_gan import evaluate
 from lightning_gan.cli import GANCLI, main
 from lightning_gan.data import DigitsDataModule, GameDataModule, GaussianMixtureDataModule
 from lightning_gan.metrics import ENV_INCEPTION_WEIGHTS, INCEPTION_FILENAME, FidelityDigitExtractor, resolve_extractor
+from lightning_gan.module import GANModule
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning"),  # torchdata 0.11 on torch 2.14
@@ -183,7 +184,7 @@ def test_real_data_scored_against_itself_is_at_distance_zero():
 def test_batched_sampling_draws_exactly_what_module_sample_draws(digits_run):
     module, _ = evaluate.load_run(digits_run, evaluate.find_config(digits_run))
     evaluate.load_weights(module, digits_run, evaluate.find_config(digits_run))
-    torch.testing.assert_close(evaluate.sample_images(module, "ema", 70, seed=5, batch_size=32),
+    torch.testing.assert_close(module.sample(70, which="ema", seed=5, batch_size=32),
                                module.sample(70, which="ema", seed=5))
 
 
@@ -255,7 +256,7 @@ def too_late(monkeypatch):
     """Makes loading weights, loading data and sampling fail the test: errors must come before all of them."""
     def refuse(*args, **kwargs):
         raise AssertionError("the error should have come before loading weights or data, or sampling")
-    for target, name in ((evaluate, "load_weights"), (evaluate, "sample_images"), (GameDataModule, "setup")):
+    for target, name in ((evaluate, "load_weights"), (GANModule, "sample"), (GameDataModule, "setup")):
         monkeypatch.setattr(target, name, refuse)
 
 

@@ -5,8 +5,8 @@ digit classifier of the data set (MNIST, Fashion-MNIST, 8x8 digits) or Inception
 file, checked when training starts, before any iteration is spent. Every evaluation uses the same
 ``num_samples`` latents, drawn from one seeded stream for the whole run and split over the ranks, so
 rank r of W generates exactly rows r, r + W, ... (no padded duplicates) and a 2-rank score equals the
-1-rank score on the same samples. The real side is a fixed, seeded set of ``num_samples`` images of the
-held-out split (else of the training set), split the same way; its statistics are computed at the first
+1-rank score on the same samples. The real side is ``datamodule.sample_real(num_samples)`` of the held-out
+split (else of the training set), split the same way; its statistics are computed at the first
 evaluation and kept (``reset_real_features=False``). ``compute()`` runs on every rank: FID all-reduces
 float64 sums, KID and IS gather their features.
 """
@@ -20,7 +20,7 @@ from typing import Any, get_args
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics import Metric
 from typing_extensions import override
 
@@ -52,7 +52,8 @@ class ImageMetrics(Callback):
             or a digit classifier file (else the shipped one).
         kid_subset_size: KID subset size, <= ``num_samples``.
         batch_size: Images per generator forward and feature pass.
-        seed: Seed of the fixed latents and of the choice of real images.
+        seed: Seed of the fixed latents and of KID's subsets (the real images are ``datamodule.sample_real``'s,
+            seeded by the data module).
 
     Raises:
         ValueError: a value out of range, an unknown metric, generator or extractor.
@@ -151,10 +152,13 @@ class ImageMetrics(Callback):
         values: dict[str, float] = {}
         for which in self.generators:
             try:
-                generator = pl_module.generator_for(which)  # type: ignore[operator]
+                pl_module.generator_for(which)  # type: ignore[operator]
             except ValueError:
                 continue  # this run keeps no such average
-            for chunk in self._fake_images(generator, pl_module, world, rank):
+            sample = pl_module.sample  # type: ignore[operator]
+            fake = sample(self.num_samples, which, self.seed + 1, batch_size=self.batch_size, rank=rank,
+                          world_size=world).clamp_(-1.0, 1.0)
+            for chunk in fake.split(self.batch_size):
                 for name, metric in self._metrics.items():
                     if name == "is":
                         metric.update(chunk)
@@ -184,34 +188,15 @@ class ImageMetrics(Callback):
         return out
 
     def _real_images(self, datamodule: Any, world: int, rank: int) -> Tensor:
-        """This rank's rows of a fixed, seeded draw of ``num_samples`` held-out (else training) images."""
+        """This rank's rows of ``datamodule.sample_real``: the held-out split if it is large enough, else training."""
         datamodule.setup("fit")
-        dataset = datamodule.val_set if getattr(datamodule, "val_set", None) is not None else datamodule.train_set
-        if dataset is datamodule.val_set and len(dataset) < self.num_samples:
-            dataset = datamodule.train_set  # the held-out split is too small for this many samples
-        if len(dataset) < self.num_samples:
-            raise ValueError(f"Invalid num_samples: {self.num_samples}; the data module has only {len(dataset)} "
+        held_out = getattr(datamodule, "val_set", None)
+        split = "test" if held_out is not None and len(held_out) >= self.num_samples else "train"
+        available = len(datamodule.split_dataset(split))
+        if available < self.num_samples:
+            raise ValueError(f"Invalid num_samples: {self.num_samples}; the data module has only {available} "
                              "images to compare with")
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.seed))[:self.num_samples]
-        mine = order[rank::world]
-        data = getattr(dataset, "data", None)
-        if data is not None and data.dtype == torch.uint8:  # IndexedTensorDataset: one gather
-            return data[mine].float().div_(127.5).sub_(1.0)
-        return torch.stack([dataset[i][0] for i in mine.tolist()]).float()
-
-    @torch.no_grad()
-    def _fake_images(self, generator: nn.Module, pl_module: pl.LightningModule, world: int, rank: int):
-        """This rank's rows of the fixed latents, through ``generator`` in eval mode, batch by batch."""
-        latent_dim = pl_module.latents.latent_dim  # type: ignore[union-attr]
-        z = torch.randn(self.num_samples, latent_dim, generator=torch.Generator().manual_seed(self.seed + 1))
-        z = z[rank::world]
-        was_training = generator.training
-        generator.eval()
-        try:
-            for chunk in z.split(self.batch_size):
-                yield generator(chunk.to(pl_module.device)).clamp_(-1.0, 1.0)
-        finally:
-            generator.train(was_training)
+        return datamodule.sample_real(self.num_samples, split=split)[rank::world]
 
 
 def _write(trainer: pl.Trainer, values: dict[str, float]) -> None:
