@@ -86,7 +86,11 @@ def base_config(args: argparse.Namespace, seed: int, run_dir: Path) -> dict:
 
 def iterations_per_score(method: str, args: argparse.Namespace) -> int:
     """Iterations between FID scores, so that each method is scored about ``--points`` times over its budget."""
-    per_iteration = {"altadam5": 6, "extraadam": 2, "svre": 5}.get(method, 1)  # SVRE: 4 + ~1 amortised pass
+    from lightning_gan.schemes import make_scheme
+
+    model = METHODS[method][1]
+    scheme = make_scheme(model["scheme"], model.get("n_dis", 1))
+    per_iteration = scheme.evaluations_per_step + (1 if scheme.variance_reduced else 0)  # + ~1 amortised pass
     return max(1, args.budget // (per_iteration * args.points))
 
 
