@@ -64,6 +64,34 @@ class PlayerAverages(nn.Module):
             if average is not None:
                 average.update_parameters(player)
 
+    @torch.no_grad()
+    def reset_to(self, player: nn.Module) -> None:
+        """Restart the uniform average at ``player``: it becomes the average's only iterate (``n_averaged = 1``).
+
+        The EMA, a running estimate with no count, is left as it is.
+        """
+        average = self._uniform_or_raise()
+        average.n_averaged.zero_()
+        average.update_parameters(player)  # with n_averaged 0, torch's update copies and counts 1
+
+    @torch.no_grad()
+    def restart(self, player: nn.Module) -> None:
+        """SVRE's restart, as in the paper's code (``x = x_avg/S_t; x_avg = x; S_t = 1``): ``player`` takes the
+        uniform average (parameters and buffers), then the average restarts from that point.
+
+        Before the first update the average holds no iterate, and ``player`` stays where it is.
+        """
+        average = self._uniform_or_raise()
+        if average.n_averaged > 0:
+            player.load_state_dict(average.module.state_dict())
+        self.reset_to(player)
+
+    def _uniform_or_raise(self) -> AveragedModel:
+        if self.uniform is None:
+            raise ValueError("Invalid uniform_average: false; restarting from the uniform average needs "
+                             "uniform_average: true")
+        return self.uniform
+
     def get(self, which: str) -> nn.Module | None:
         """The averaged module for ``"uniform"`` or ``"ema"`` (None when not kept)."""
         average = {"uniform": self.uniform, "ema": self.ema}[which]

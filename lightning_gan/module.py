@@ -230,14 +230,14 @@ class GANModule(pl.LightningModule):
 
     @torch.no_grad()
     def restart_from_averages(self) -> None:
-        """Restart the live players from their uniform averages (SVRE's restart option)."""
-        averages = (self.generator_averages.get("uniform"),
-                    self.discriminator_averages.get("uniform") if self.discriminator_averages else None)
-        if any(a is None for a in averages):
+        """Restart the live players from their uniform averages, and the averages from there (SVRE's restart,
+        as in the paper's code; see :meth:`PlayerAverages.restart`)."""
+        averages = (self.generator_averages, self.discriminator_averages)
+        if any(a is None or a.get("uniform") is None for a in averages):
             raise ValueError("Invalid svre.restart_probability: restarts need uniform_average: true and "
                              "average_discriminator: true")
         for live, average in zip((self.generator, self.discriminator), averages):
-            live.load_state_dict(average.state_dict())
+            average.restart(live)
 
     def _sync_buffers(self) -> None:
         """Default BatchNorm policy: rank 0's running statistics win (as DDP's broadcast_buffers)."""

@@ -31,8 +31,10 @@ class SVREConfig:
         snapshot_probability: probability of a new snapshot per iteration; null means 1/n with n the
             iterations per data pass (the paper's choice). Exclusive with ``snapshot_every``.
         snapshot_every: take a snapshot every this many iterations instead (a fixed epoch length).
-        restart_probability: at a snapshot, restart the live players from their uniform averages with
-            this probability (as in the paper's code); needs ``uniform_average`` and ``average_discriminator``.
+        restart_probability: at a snapshot, with this probability, restart the live players from their
+            uniform averages and the averages from that point (``n_averaged = 1``), before the snapshot is
+            taken, as in the paper's code (p = 1/10 in its bilinear figure; without the reset of the average,
+            restarts pull back towards the early iterates). Needs ``uniform_average`` and ``average_discriminator``.
         variance_every: every this many iterations, log the variance of the SVRE estimate and of the
             plain stochastic field over ``variance_batches`` mini-batches (0: never).
         variance_batches: mini-batches of the variance probe, >= 2.
@@ -108,12 +110,13 @@ class SVREState(nn.Module):
 
     def wants_restart(self) -> bool:
         assert self.trigger is not None
-        return self.config.restart_probability > 0 and self.trigger.draw() < self.config.restart_probability
+        return self.trigger.restarts(self.config.restart_probability)
 
     # -- driven by the training module (duck-typed: GANModule) ------------------------------------
 
     def maybe_snapshot(self, module: Any) -> int:
-        """Before an iteration: if the trigger fires, restart (maybe), redraw the latents, take the snapshot.
+        """Before an iteration: if the trigger fires, restart (maybe: players and uniform averages), redraw the
+        latents, take the snapshot (of the restarted point).
 
         Returns the field evaluations the snapshot pass is worth at the global batch (0 without a snapshot),
         so that budgets compare across schemes.

@@ -1,4 +1,5 @@
-"""SVRE on 2 gloo ranks: equals one rank with the global batch, ranks bit-identical, collectives counted."""
+"""SVRE on 2 gloo ranks: equals one rank with the global batch, ranks bit-identical, collectives counted; with
+restarts too (their draws come from the trigger's stream, identical on every rank)."""
 
 import pytest
 import torch
@@ -11,7 +12,19 @@ ITERATIONS = 30
 SETTINGS = {
     "fixed_epochs": dict(svre=SVREConfig(snapshot_every=12)),
     "random_epochs_latent_bank": dict(svre=SVREConfig(snapshot_probability=0.1), latent_bank_factor=2),
+    "restarts": dict(svre=SVREConfig(snapshot_probability=0.3, restart_probability=0.6), average_discriminator=True),
 }
+
+
+def _count_restarts(module) -> list[int]:
+    count, original = [0], module.restart_from_averages
+
+    def restart() -> None:
+        count[0] += 1
+        original()
+
+    module.restart_from_averages = restart
+    return count
 
 
 def _svre_on_two_ranks(rank):
@@ -20,10 +33,11 @@ def _svre_on_two_ranks(rank):
     for name, kwargs in SETTINGS.items():
         counter.reset()
         module = make_module("svre", init_seed=rank, **kwargs)
+        restarts = _count_restarts(module)
         make_trainer(ITERATIONS, devices=2, strategy="game_ddp", callbacks=[counter]).fit(
             module, make_data(batch_size=8))
         results[name] = {"state": state_of(module), "all_reduces": counter.all_reduces,
-                         "snapshots": counter.snapshots}
+                         "snapshots": counter.snapshots, "restarts": restarts[0]}
     return results
 
 
@@ -39,9 +53,12 @@ def test_svre_ranks_bit_identical_and_equal_to_one_rank_with_the_global_batch(tw
     assert sum(rank0["snapshots"]) >= 2
     for key in rank0["state"]:
         assert torch.equal(rank0["state"][key], rank1["state"][key]), key
+    assert rank0["restarts"] == rank1["restarts"]
     module = make_module("svre", init_seed=0, **SETTINGS[name])
+    restarts = _count_restarts(module)
     make_trainer(ITERATIONS).fit(module, make_data(batch_size=16))
     assert module.snapshot_passes == sum(rank0["snapshots"])
+    assert restarts[0] == rank0["restarts"] >= (2 if name == "restarts" else 0)
     for key, value in state_of(module).items():
         if key.endswith(".step"):
             assert torch.equal(value, rank0["state"][key]), key

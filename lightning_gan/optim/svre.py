@@ -156,6 +156,11 @@ class SnapshotTrigger:
         """A further uniform draw from the shared stream (e.g. the restart decision)."""
         return float(torch.rand((), generator=self.generator))
 
+    def restarts(self, probability: float) -> bool:
+        """At a snapshot, whether to restart from the averages first: one draw from the shared stream, with
+        ``probability`` (the paper's code: p = 1/10); no draw when ``probability`` is 0."""
+        return probability > 0 and self.draw() < probability
+
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "last": self.last}
 
