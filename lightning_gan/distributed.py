@@ -32,6 +32,7 @@ Traps the module using this strategy must handle (the module owns them, not the 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Literal, Optional, Union
@@ -55,12 +56,15 @@ __all__ = [
     "GameDDPStrategy",
     "all_reduce_mean_",
     "all_reduce_sum_",
+    "agree_max",
     "broadcast_tensors_",
     "check_ddp_consistency",
     "convert_sync_batchnorm",
+    "is_collective_failure",
     "is_distributed",
     "rank",
     "reduce_boolean_decision",
+    "roll_call",
     "sync_buffers_",
     "world_size",
 ]
@@ -331,6 +335,70 @@ def reduce_boolean_decision(flag: bool, all: bool = True) -> bool:  # noqa: A002
     dist.all_reduce(votes, op=dist.ReduceOp.SUM)
     count = int(votes.item())  # a sync point
     return count == world_size() if all else count > 0
+
+
+def agree_max(value: int) -> int:
+    """The largest ``value`` over ranks, with one ``all_reduce`` of one integer (the value itself without a group).
+
+    For decisions that carry a code, e.g. the number of the signal some rank received (0: none): every rank learns
+    the same answer at the same iteration, so that all of them save and stop together.
+    """
+    if world_size() == 1:
+        return int(value)
+    votes = torch.tensor([int(value)], dtype=torch.int64, device=_collective_device())
+    dist.all_reduce(votes, op=dist.ReduceOp.MAX)
+    return int(votes.item())
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Lost ranks
+
+#: Words of the errors that torch.distributed raises when a peer stops answering: gloo's timeouts and closed
+#: connections, NCCL's watchdog timeouts (``DistBackendError``).
+_COLLECTIVE_FAILURE_WORDS = ("timed out", "timeout", "connection reset by peer", "connection closed by peer",
+                             "broken pipe", "pair closure", "gloo/transport")
+
+
+def is_collective_failure(error: BaseException) -> bool:
+    """Whether ``error`` says that a collective failed because another rank stopped answering (timeout or lost
+    connection), as opposed to an error of this rank's own computation."""
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    message = str(error).lower()
+    return isinstance(error, RuntimeError) and any(word in message for word in _COLLECTIVE_FAILURE_WORDS)
+
+
+ROLL_CALL_PREFIX = "lightning_gan/roll_call/"
+
+
+def roll_call(wait: timedelta = timedelta(seconds=10)) -> list[int]:
+    """After a collective failed: the ranks that do not answer within ``wait``, through the rendezvous store.
+
+    A collective error does not say which rank is missing (gloo: "Timed out waiting 300000ms for recv operation";
+    in a ring every rank waits on a neighbour). Every surviving rank writes its key into the job's key-value store
+    (the TCPStore served by rank 0) and waits for the others' keys; the ranks whose keys never come are the ones
+    that are frozen (SIGSTOP, a stuck file system, a dead GPU) or gone. When the store itself does not answer, the
+    rank that serves it, rank 0, is the one missing. Made once per job, on the way out: the keys are never removed.
+    """
+    if not is_distributed():
+        return []
+    store = dist.distributed_c10d._get_default_store()
+    store.set_timeout(wait)
+    try:
+        store.set(f"{ROLL_CALL_PREFIX}{rank()}", "here")
+    except Exception:  # noqa: BLE001 (any store error means the same: rank 0's store is not there)
+        return [0]
+    keys = [f"{ROLL_CALL_PREFIX}{r}" for r in range(world_size())]
+    deadline = time.monotonic() + wait.total_seconds()
+    while True:
+        try:
+            present = [store.check([key]) for key in keys]
+        except Exception:  # noqa: BLE001
+            return [0]
+        missing = [r for r, here in enumerate(present) if not here]
+        if not missing or time.monotonic() >= deadline:
+            return missing
+        time.sleep(0.1)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from lightning_gan import distributed
 from lightning_gan.averaging import PlayerAverages
+from lightning_gan.game.finite import DivergenceError, first_non_finite_parameter
 from lightning_gan.game.gan import GANGame, LatentBank, LatentSampler, LatentTables, MicroBatch
 from lightning_gan.game.losses import GANLoss, clip_weights_, get_loss
 from lightning_gan.game.step import GameStep
@@ -54,6 +55,9 @@ class GANModule(pl.LightningModule):
         latent_bank_factor: tie ``factor`` fixed latents to each training sample (redrawn at each SVRE
             snapshot) so that the generator's objective is a finite sum; null draws fresh latents.
         seed: seed of the latent and penalty random streams (identical on every rank).
+        check_finite: stop with :class:`~lightning_gan.game.finite.DivergenceError` at the first iteration whose
+            all-reduced field is not finite (NaN or inf), naming the player and the evaluation, and refuse to save
+            non-finite parameters, so that the last checkpoint on disk stays the last finite state.
     """
 
     def __init__(
@@ -76,6 +80,7 @@ class GANModule(pl.LightningModule):
         svre: SVREConfig | None = None,
         latent_bank_factor: int | None = None,
         seed: int = 0,
+        check_finite: bool = True,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -120,6 +125,7 @@ class GANModule(pl.LightningModule):
         self.snapshot_passes = 0  # SVRE full passes over the data
         self.evaluations = 0  # F evaluations at the global batch so far, SVRE's snapshot passes included
         self.images_seen = 0  # real images consumed so far, over all ranks
+        self.check_finite = check_finite
         self._game: GameStep | None = None
 
     # -- set-up ------------------------------------------------------------------------------------
@@ -155,7 +161,8 @@ class GANModule(pl.LightningModule):
         if self._game is None or self._game.optimizers != list(optimizers):
             game = GANGame(self.generator, self.discriminator, self.loss, penalty_rng=self.penalty_rng)
             estimator = self.svre.bind(game) if self.svre is not None else None
-            self._game = GameStep(game, optimizers, estimator=estimator, projection=self._project)
+            self._game = GameStep(game, optimizers, estimator=estimator, projection=self._project,
+                                  check_finite=self.check_finite)
         return self._game
 
     def _project(self) -> None:
@@ -172,6 +179,7 @@ class GANModule(pl.LightningModule):
             self.evaluations += self.svre.maybe_snapshot(self)
         samples = self.split_batch(real, indices)
         self.scheme.step(game, samples)
+        self._raise_if_diverged(game)
         if self.svre is not None:
             values = self.svre.log_values(self, logging_now=self._logging_now())
             if values:
@@ -238,6 +246,19 @@ class GANModule(pl.LightningModule):
                              "average_discriminator: true")
         for live, average in zip((self.generator, self.discriminator), averages):
             average.restart(live)
+
+    def _raise_if_diverged(self, game: GameStep) -> None:
+        """One host sync per iteration; every rank reads the same all-reduced field, so all of them stop together."""
+        if game.finite_check is None or (bad := game.finite_check.verdict()) is None:
+            return
+        stats = game.game.stats
+        losses = ", ".join(f"{name} {float(value):.4g}" for name, value in (
+            ("generator", stats.generator_loss), ("discriminator", stats.discriminator_loss)) if value is not None)
+        raise DivergenceError(
+            f"Diverged in iteration {self.trainer.global_step + 1} (scheme {self.scheme.name}): {bad.describe()}"
+            + (f" (last losses on rank {self.trainer.global_rank}: {losses})" if losses else "")
+            + "; lower the step sizes (g_optimizer.lr, d_optimizer.lr) or resume from the last checkpoint"
+        )
 
     def _sync_buffers(self) -> None:
         """Default BatchNorm policy: rank 0's running statistics win (as DDP's broadcast_buffers)."""
@@ -315,6 +336,16 @@ class GANModule(pl.LightningModule):
     # -- checkpoints -------------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.check_finite:
+            players = {"generator": self.generator, "discriminator": self.discriminator,
+                       "generator_averages": self.generator_averages}
+            if self.discriminator_averages is not None:
+                players["discriminator_averages"] = self.discriminator_averages
+            bad = first_non_finite_parameter(players)
+            if bad is not None:
+                step = self.trainer.global_step if self._trainer is not None else "?"
+                raise DivergenceError(f"Diverged by step {step}: {bad} is not finite; not saving this state "
+                                      "(the checkpoints on disk are from before)")
         tables = self.latent_tables.state_dict()
         checkpoint["lightning_gan"] = {
             "latents": self.latents.state_dict(),
@@ -325,6 +356,7 @@ class GANModule(pl.LightningModule):
             "latent_bank": tables["bank"],
             "pass_latents": tables["pass"],
             "svre": self.svre.extra_state() if self.svre is not None else None,
+            "world_size": self.trainer.world_size if self._trainer is not None else 1,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -5,5 +5,6 @@ from lightning_gan.callbacks.checkpoint import FinalStepCheckpoint
 from lightning_gan.callbacks.image_metrics import ImageMetrics
 from lightning_gan.callbacks.requeue import SLURMRequeue
 from lightning_gan.callbacks.samples import SampleGrid
+from lightning_gan.callbacks.signals import SignalCheckpoint
 
-__all__ = ["EvaluationBudget", "FinalStepCheckpoint", "ImageMetrics", "SLURMRequeue", "SampleGrid"]
+__all__ = ["EvaluationBudget", "FinalStepCheckpoint", "ImageMetrics", "SLURMRequeue", "SampleGrid", "SignalCheckpoint"]

@@ -24,6 +24,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from typing_extensions import override
 
+from lightning_gan.callbacks.signals import stopped_by_signal
 from lightning_gan.metrics.image_metrics import build_image_metrics, default_extractor
 from lightning_gan.module import GeneratorChoice
 
@@ -132,6 +133,8 @@ class ImageMetrics(Callback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if stopped_by_signal(trainer):  # the state is saved; exit within the scheduler's grace period
+            return
         if self.enabled and self._last_step != trainer.global_step:  # e.g. a run stopped by a budget or time
             _write(trainer, self.evaluate(trainer, pl_module))  # self.log is closed at this point
 

@@ -20,6 +20,7 @@ from torch.optim import Optimizer
 
 from lightning_gan import distributed
 from lightning_gan.game.field import flat_norm
+from lightning_gan.game.finite import FiniteCheck
 from lightning_gan.schemes import BOTH
 
 Field = list[list[Tensor]]
@@ -54,6 +55,8 @@ class GameStep:
         estimator: None for the plain field, or a variance-reduced estimator.
         reduce: the in-place mean over ranks, called once per evaluation.
         projection: called after every parameter move (e.g. WGAN weight clipping of D).
+        check_finite: record ``max |F|`` of every evaluation in :attr:`finite_check` (read once per iteration by
+            the trainer, see :mod:`lightning_gan.game.finite`).
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class GameStep:
         estimator: Estimator | None = None,
         reduce: Callable[[Sequence[Tensor]], None] = distributed.all_reduce_mean_,
         projection: Callable[[], None] | None = None,
+        check_finite: bool = False,
     ) -> None:
         self.game = game
         self.optimizers = list(optimizers)
@@ -73,6 +77,7 @@ class GameStep:
         self.params = [[p for p in player.parameters() if p.requires_grad] for player in game.players]
         self.last_grads: dict[int, list[Tensor]] = {}  # for logging ||F|| (computed only when logged)
         self.evaluations = 0
+        self.finite_check = FiniteCheck() if check_finite else None
 
     def evaluate(self, sample: Any, players: Sequence[int] = BOTH) -> None:
         """Evaluate the (estimated) field on ``sample``, all-reduce it in one collective, write ``.grad``."""
@@ -87,6 +92,8 @@ class GameStep:
             for p, g in zip(self.params[player], player_grads):
                 p.grad = g
             self.last_grads[player] = player_grads
+        if self.finite_check is not None:
+            self.finite_check.record(players, grads)
         self.evaluations += 1
 
     def project(self) -> None:
