@@ -114,20 +114,25 @@ class GameDataModule(LightningDataModule):
 
     def _train_loader(self, world_size: int, rank: int) -> StatefulDataLoader:
         """The training loader of one rank of ``world_size``; ``train_dataloader`` passes the trainer's values."""
-        if self.draws_per_step < 1:
-            raise ValueError(f"Invalid draws_per_step: {self.draws_per_step}; expected an integer >= 1")
+        self.check_train_batch(world_size, self.draws_per_step)
         dataset = self._train_dataset()
         batch = self.batch_size * self.draws_per_step
-        size = len(dataset)  # type: ignore[arg-type]
-        if size // world_size < batch:
-            raise ValueError(
-                f"Invalid batch_size: {self.batch_size}; {type(self).__name__} has {size} training samples, fewer "
-                f"than world_size * batch_size * draws_per_step = {world_size} * {self.batch_size} * "
-                f"{self.draws_per_step}, so drop_last would leave no batch"
-            )
         sampler = GameSampler(dataset, num_replicas=world_size, rank=rank, seed=self.seed)
         return StatefulDataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True,
                                   num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def check_train_batch(self, world_size: int, draws_per_step: int) -> None:
+        """Refuse a batch that leaves no training batch on some rank; callable before ``fit`` (the CLI does), so that
+        the error comes before training rather than from the first loader, mid-fit."""
+        if draws_per_step < 1:
+            raise ValueError(f"Invalid draws_per_step: {draws_per_step}; expected an integer >= 1")
+        size = len(self._train_dataset())  # type: ignore[arg-type]
+        if size // world_size < self.batch_size * draws_per_step:
+            raise ValueError(
+                f"Invalid batch_size: {self.batch_size}; {type(self).__name__} has {size} training samples, fewer "
+                f"than world_size * batch_size * draws_per_step = {world_size} * {self.batch_size} * "
+                f"{draws_per_step}, so drop_last would leave no batch"
+            )
 
     def train_dataloader(self) -> StatefulDataLoader:
         return self._train_loader(*self._world())

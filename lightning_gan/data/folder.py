@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +19,32 @@ __all__ = ["ImageFolderDataModule", "ImageFileDataset"]
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
+def decode_error(path: Path) -> str | None:
+    """Why PIL cannot open and fully decode ``path`` (None if it can): a header check alone passes truncated JPEGs."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Exception as error:  # noqa: BLE001 (any failure means a bad file: OSError, SyntaxError, ValueError, ...)
+        return f"{type(error).__name__}: {str(error).replace(repr(str(path)), 'it')}"  # the path is named once
+    return None
+
+
+def undecodable_images(paths: list[Path]) -> list[tuple[Path, str]]:
+    """The files among ``paths`` that do not decode, with the reason, in path order (decoded on a few threads)."""
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        errors = list(pool.map(decode_error, paths))
+    return [(path, error) for path, error in zip(paths, errors) if error is not None]
+
+
 def load_image(path: Path, image_size: int, channels: int) -> Tensor:
     """Decode, resize the shorter side to ``image_size`` (bicubic, antialiased), center-crop, scale to [-1, 1]."""
+    try:
+        return _load_image(path, image_size, channels)
+    except Exception as error:  # noqa: BLE001 (a file changed or unchecked since setup: name it)
+        raise ValueError(f"Undecodable image {path}: {type(error).__name__}: {error}") from error
+
+
+def _load_image(path: Path, image_size: int, channels: int) -> Tensor:
     with Image.open(path) as image:
         image = image.convert("L" if channels == 1 else "RGB")
         width, height = image.size
@@ -53,6 +79,11 @@ class ImageFileDataset(Dataset):
 class ImageFolderDataModule(GameDataModule):
     """All images under ``root`` (recursively; .png, .jpg, .jpeg, .bmp, .webp), sorted by path. No held-out split.
 
+    ``setup`` decodes every file once (``verify_images``), so that a corrupt file fails the run before training,
+    naming it, rather than hours into it. Cost: about 0.05 ms per 32x32 PNG, 0.1 ms per 32x32 JPEG and 0.5-1 ms per
+    256x256 JPEG on one core, i.e. seconds for 10^4 images and a minute or two for 2 * 10^5 large ones (e.g. CelebA),
+    on every rank and every start; set it false to skip that for very large folders.
+
     Args:
         root: Folder to search.
         image_size: Side of the square images after resize (shorter side) and center crop.
@@ -60,10 +91,12 @@ class ImageFolderDataModule(GameDataModule):
         batch_size: Micro-batch per rank and per draw.
         num_workers: DataLoader worker processes (decoding happens in them).
         seed: Seed of the shuffling.
+        verify_images: Decode every image at setup and refuse the folder if one fails (naming it); false: a bad
+            file fails when training first draws it.
     """
 
     def __init__(self, root: str, image_size: int = 32, channels: int = 3, batch_size: int = 64,
-                 num_workers: int = 0, seed: int = 0) -> None:
+                 num_workers: int = 0, seed: int = 0, verify_images: bool = True) -> None:
         if image_size < 1:
             raise ValueError(f"Invalid image_size: {image_size}; expected an integer >= 1")
         if channels not in (1, 3):
@@ -72,6 +105,7 @@ class ImageFolderDataModule(GameDataModule):
         self.root = root
         self.image_size = image_size
         self.channels = channels
+        self.verify_images = verify_images
 
     def _load(self) -> None:
         folder = Path(self.root).expanduser()
@@ -81,4 +115,10 @@ class ImageFolderDataModule(GameDataModule):
         paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
         if not paths:
             raise FileNotFoundError(f"Image folder {folder} contains no images; {layout}")
+        bad = undecodable_images(paths) if self.verify_images else []
+        if bad:
+            path, error = bad[0]
+            raise ValueError(f"Undecodable image {path}: {error}; {len(bad)} of the {len(paths)} image files in "
+                             f"{folder} do not decode (the first is named); expected every image file to decode: "
+                             "replace or remove them")
         self.train_set = ImageFileDataset(paths, self.image_size, self.channels)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 from typing import Literal
 
@@ -32,19 +33,24 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
         ndim: Expected number of dimensions (3 for images, 1 for labels).
 
     Raises:
-        ValueError: The file does not decompress, or its magic number or byte count is not that of an
-            unsigned-byte IDX file with ``ndim`` dimensions.
+        ValueError: The file cannot be read or decompressed, or its magic number or byte count is not that of
+            an unsigned-byte IDX file with ``ndim`` dimensions.
     """
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (EOFError, gzip.BadGzipFile) as error:
-        raise ValueError(f"Malformed IDX file {path}: cannot decompress it ({error})") from error
-    magic = int(np.frombuffer(raw, dtype=">u4", count=1)[0]) if len(raw) >= 4 else None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:  # a flipped bit may surface as any of the three
+        raise ValueError(f"Malformed IDX file {path}: cannot decompress it ({type(error).__name__}: {error}); the "
+                         f"file is truncated or corrupt, replace it") from error
+    except OSError as error:  # e.g. no read permission: a bad input, not a crash
+        raise ValueError(f"Unreadable IDX file {path}: {error.strerror or error}") from error
+    header = 4 + 4 * ndim
+    if len(raw) < 4:
+        raise ValueError(f"Malformed IDX file {path}: {len(raw)} bytes, shorter than its {header}-byte header")
+    magic = int(np.frombuffer(raw, dtype=">u4", count=1)[0])
     if magic != _MAGIC[ndim]:
         raise ValueError(f"Malformed IDX file {path}: magic number {magic}, expected {_MAGIC[ndim]}")
-    header = 4 + 4 * ndim
     if len(raw) < header:
         raise ValueError(f"Malformed IDX file {path}: {len(raw)} bytes, shorter than its {header}-byte header")
     shape = [int(v) for v in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4)]
