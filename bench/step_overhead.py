@@ -23,6 +23,13 @@ The ratio is taken per repetition (paired), then the median and the min-max spre
 the module's defaults (uniform + EMA 0.999 of G, buffers included) and the baseline does the same with foreach lerps.
 
     python bench/step_overhead.py --model dcgan28 --iterations 50 --repeats 5 --out bench/results/dcgan28.md
+
+``--guards on`` (default) runs the module with its fault guards, as the command does: the finite check of every
+evaluation (``check_finite``) and the signal agreement (:class:`~lightning_gan.callbacks.SignalCheckpoint`, one
+all-reduce of one integer per iteration on several ranks, nothing on one). ``--guards both`` times the module with
+and without them in the same repetition (each paired with its own baseline iterations) and reports their cost as
+the ratio of the two ratios, then times the agreement's all-reduce on 2 gloo processes against the all-reduce of
+the model's gradients, the collective every evaluation makes anyway.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_gan import distributed
+from lightning_gan.callbacks import SignalCheckpoint
 from lightning_gan.models import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
 from lightning_gan.module import GANModule
 from lightning_gan.optim import Adam, ExtraAdam, OptimisticAdam, PastExtraAdam
@@ -217,20 +226,23 @@ class PairedTimer(pl.Callback):
         return sum(base) / iterations, fit, step
 
 
-def make_module(generator: nn.Module, discriminator: nn.Module, scheme: str, averaging: bool) -> GANModule:
+def make_module(generator: nn.Module, discriminator: nn.Module, scheme: str, averaging: bool,
+                guards: bool = True) -> GANModule:
     kind, n_dis, _ = SCHEMES[scheme]
     extra = {} if averaging else {"uniform_average": False, "ema_decay": None}
     return GANModule(generator, discriminator, loss="non_saturating", scheme=kind, n_dis=n_dis,
                      g_optimizer=OptimizerConfig(rule="adam", lr=LR_G, momentum=BETAS[0], beta2=BETAS[1]),
                      d_optimizer=OptimizerConfig(rule="adam", lr=LR_D, momentum=BETAS[0], beta2=BETAS[1]),
-                     seed=0, **extra)
+                     seed=0, check_finite=guards, **extra)
 
 
-def fit_module(module: GANModule, batches: list[Tensor], iterations: int, timer: PairedTimer | None = None) -> None:
+def fit_module(module: GANModule, batches: list[Tensor], iterations: int, timer: PairedTimer | None = None,
+               guards: bool = True) -> None:
     """``trainer.fit`` for exactly ``iterations`` game iterations (one epoch) over the in-memory batches."""
     loader = torch.utils.data.DataLoader([batches[i % len(batches)] for i in range(iterations)], batch_size=None)
+    callbacks = ([] if timer is None else [timer]) + ([SignalCheckpoint()] if guards else [])
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=iterations, logger=False,
-                         callbacks=[] if timer is None else [timer], enable_checkpointing=False,
+                         callbacks=callbacks, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                          limit_val_batches=0)
     trainer.fit(module, train_dataloaders=loader)
@@ -274,26 +286,91 @@ class Row:
     step_ratio: float
     max_param_diff: float
     repeats: int
+    guards: str = "on"
+    guard_cost: float | None = None  # (ratio with guards) / (ratio without), median over repeats
+    guard_cost_min: float | None = None
+    guard_cost_max: float | None = None
+
+
+def _timed_fit(g0: nn.Module, d0: nn.Module, scheme: str, batches: list[Tensor], *, batch_size: int, warmup: int,
+               iterations: int, averaging: bool, guards: bool, before: bool) -> tuple[float, float, float]:
+    loop = HandLoop(copy.deepcopy(g0), copy.deepcopy(d0), scheme, batch_size=batch_size, averaging=averaging)
+    module = make_module(copy.deepcopy(g0), copy.deepcopy(d0), scheme, averaging, guards)
+    timer = PairedTimer(loop, batches, before=before)
+    gc.collect()
+    fit_module(module, batches, warmup + iterations + 1, timer, guards)
+    return timer.per_iteration(warmup, iterations)
 
 
 def bench_one(model: str, scheme: str, *, batch_size: int, warmup: int, iterations: int, repeats: int,
-              averaging: bool) -> Row:
+              averaging: bool, guards: str = "on") -> Row:
     g0, d0, shape = make_players(model)
     batches = make_batches(shape, _draws(scheme) * batch_size)
-    base, fit, step = [], [], []
+    variants = {"on": [True], "off": [False], "both": [True, False]}[guards]
+    timings: dict[bool, list[tuple[float, float, float]]] = {v: [] for v in variants}
     for r in range(repeats):
-        loop = HandLoop(copy.deepcopy(g0), copy.deepcopy(d0), scheme, batch_size=batch_size, averaging=averaging)
-        module = make_module(copy.deepcopy(g0), copy.deepcopy(d0), scheme, averaging)
-        timer = PairedTimer(loop, batches, before=r % 2 == 1)  # A B A B ..., then B A B A ...
-        gc.collect()
-        fit_module(module, batches, warmup + iterations + 1, timer)
-        b, f, s = timer.per_iteration(warmup, iterations)
-        base.append(b), fit.append(f), step.append(s)
+        for v in variants if r % 2 == 0 else variants[::-1]:
+            timings[v].append(_timed_fit(g0, d0, scheme, batches, batch_size=batch_size, warmup=warmup,
+                                         iterations=iterations, averaging=averaging, guards=v,
+                                         before=r % 2 == 1))  # A B A B ..., then B A B A ...
+    base, fit, step = (list(xs) for xs in zip(*timings[variants[0]]))
     ratios = [f / b for f, b in zip(fit, base)]
     ms = lambda xs: 1e3 * statistics.median(xs)  # noqa: E731
-    return Row(model, scheme, ms(base), ms(fit), ms(step), statistics.median(ratios), min(ratios), max(ratios),
-               statistics.median(s / b for s, b in zip(step, base)),
-               max_param_difference(model, scheme, batch_size), repeats)
+    row = Row(model, scheme, ms(base), ms(fit), ms(step), statistics.median(ratios), min(ratios), max(ratios),
+              statistics.median(s / b for s, b in zip(step, base)),
+              max_param_difference(model, scheme, batch_size), repeats, guards)
+    if guards == "both":
+        costs = [(f_on / b_on) / (f_off / b_off)
+                 for (b_on, f_on, _), (b_off, f_off, _) in zip(timings[True], timings[False])]
+        row.guard_cost, row.guard_cost_min, row.guard_cost_max = statistics.median(costs), min(costs), max(costs)
+    return row
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The signal agreement on two ranks
+
+
+def _agreement_child(rank: int, world_size: int, port: int, numel: int, rounds: int, queue) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+    grads = [torch.randn(numel)]
+    timings = {"gradients": [], "agreement": []}
+    for _ in range(rounds):  # interleaved, so that noise hits both alike
+        torch.distributed.barrier()
+        t0 = time.perf_counter()
+        distributed.all_reduce_mean_(grads)
+        t1 = time.perf_counter()
+        distributed.agree_max(0)
+        timings["gradients"].append(t1 - t0)
+        timings["agreement"].append(time.perf_counter() - t1)
+    if rank == 0:
+        queue.put({k: statistics.median(v) for k, v in timings.items()})
+    torch.distributed.destroy_process_group()
+
+
+def agreement_cost(model: str, rounds: int = 200) -> dict[str, float]:
+    """Median seconds of one signal agreement and of one all-reduce of both players' gradients, 2 gloo ranks."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    g, d, _ = make_players(model)
+    numel = sum(p.numel() for p in [*g.parameters(), *d.parameters()])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    processes = [context.Process(target=_agreement_child, args=(r, 2, port, numel, rounds, queue)) for r in range(2)]
+    for p in processes:
+        p.start()
+    result = queue.get(timeout=600)
+    for p in processes:
+        p.join()
+    return {"parameters": numel, **result}
 
 
 def markdown(rows: list[Row], header: str) -> str:
@@ -305,6 +382,12 @@ def markdown(rows: list[Row], header: str) -> str:
         lines.append(f"| {r.scheme} | {r.model} | {r.baseline_ms:.3f} | {r.module_fit_ms:.3f} | "
                      f"{r.ratio:.3f} ({r.ratio_min:.3f}-{r.ratio_max:.3f}) | {r.module_step_ms:.3f} | "
                      f"{r.step_ratio:.3f} | {r.module_fit_ms - r.module_step_ms:.3f} | {r.max_param_diff:.1e} |")
+    if any(r.guard_cost is not None for r in rows):
+        lines += ["", "Fault guards (finite check + signal agreement), module-with / module-without, each as a ratio "
+                  "to its own paired baseline iterations:", "", "| scheme | model | cost of the guards (min-max) |",
+                  "|---|---|---|"]
+        lines += [f"| {r.scheme} | {r.model} | {r.guard_cost:.3f} ({r.guard_cost_min:.3f}-{r.guard_cost_max:.3f}) |"
+                  for r in rows if r.guard_cost is not None]
     return "\n".join(lines) + "\n"
 
 
@@ -319,6 +402,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--averaging", choices=["off", "on"], default="off",
                         help="off: no averages on either side; on: module defaults (uniform + EMA of G) on both")
+    parser.add_argument("--guards", choices=["on", "off", "both"], default="on",
+                        help="the module's fault guards (finite check, signal agreement): on, off, or both to measure "
+                             "their cost")
     parser.add_argument("--out", type=Path, default=None, help="write the table (.md) or rows (.json) here")
     args = parser.parse_args(argv)
 
@@ -336,7 +422,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
                 for scheme in args.schemes:
                     row = bench_one(model, scheme, batch_size=args.batch_size, warmup=args.warmup,
                                     iterations=args.iterations, repeats=args.repeats,
-                                    averaging=args.averaging == "on")
+                                    averaging=args.averaging == "on", guards=args.guards)
                     print(f"{model:8s} {scheme:18s} baseline {row.baseline_ms:8.3f} ms  module "
                           f"{row.module_fit_ms:8.3f} ms  ratio {row.ratio:.3f}", file=sys.stderr, flush=True)
                     rows.append(row)
@@ -346,6 +432,13 @@ def main(argv: list[str] | None = None) -> list[Row]:
               f"thread(s), batch {args.batch_size}, {args.iterations} iterations x {args.repeats} repeats, "
               f"averaging {args.averaging}; medians over repeats")
     table = markdown(rows, header)
+    if args.guards == "both":
+        for model in models:
+            cost = agreement_cost(model)
+            table += (f"\nSignal agreement on 2 gloo ranks, {model} ({cost['parameters']:,} parameters): "
+                      f"{1e6 * cost['agreement']:.0f} us per iteration vs {1e6 * cost['gradients']:.0f} us for one "
+                      f"all-reduce of both players' gradients (ratio {cost['agreement'] / cost['gradients']:.3f}); "
+                      "one agreement per iteration, one gradient all-reduce per evaluation.\n")
     print(table)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

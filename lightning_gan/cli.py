@@ -19,30 +19,49 @@ classes reject at construction, and missing data (the data module is loaded befo
 
 from __future__ import annotations
 
+import errno
+import io
+import logging
 import os
 import re
+import signal
 import sys
+import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
 import torch
 
 from lightning.pytorch import Trainer
+from lightning.fabric.utilities.rank_zero import _get_rank, rank_prefixed_message
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy, Strategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 import lightning_gan.distributed  # noqa: F401  (registers strategy "game_ddp" before any Trainer is built)
-from lightning_gan.callbacks import FinalStepCheckpoint, ImageMetrics, SampleGrid, SLURMRequeue
+from lightning_gan import distributed
+from lightning_gan.callbacks import FinalStepCheckpoint, ImageMetrics, SampleGrid, SignalCheckpoint, SLURMRequeue
+from lightning_gan.checkpointing import with_atomic_checkpoint_io
 from lightning_gan.data import GameDataModule
+from lightning_gan.distributed import GameDDPStrategy
+from lightning_gan.game.finite import DivergenceError
 from lightning_gan.module import GANModule
+from lightning_gan.resume import check_model, check_trainer, given_model_values, parse_resume_allow, plan_resume
 
 __all__ = ["GANArgumentParser", "GANCLI", "main"]
 
 PROG = "lightning-gan"
 DEFAULT_ROOT_DIR = "runs/default"
+#: Exit codes besides 0: 2 bad input (argparse's), these two, and 128 + n after signal n saved and stopped the run.
+EXIT_DIVERGED = 3
+EXIT_RANK_LOST = 4
+#: Default of ``--collective_timeout``: long enough for a slow checkpoint write or SVRE snapshot pass of one rank.
+DEFAULT_COLLECTIVE_TIMEOUT_S = 300
 #: Exceptions that mean "the configuration is wrong" when raised while building or checking the run.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, MisconfigurationException)
 
@@ -63,13 +82,113 @@ def _one_line(message: str) -> str:
     return " ".join(line.removeprefix("- ") for line in lines if line and not line.startswith(_NOISE))
 
 
+class RankLost(SystemExit):
+    """A rank stopped answering; the process must end without the exit-time collectives of torch.distributed."""
+
+
+def report(message: str, *, rank: int = 0, every_rank: bool = False) -> None:
+    """One line on stderr, from global rank 0 only unless ``every_rank``."""
+    if every_rank or rank == 0:
+        print(f"{PROG}: {_one_line(message)}", file=sys.stderr, flush=True)
+
+
 class GANArgumentParser(LightningArgumentParser):
-    """Parse errors as one line (naming the key) instead of the full usage, like the errors raised at construction."""
+    """Parse errors as one line (naming the key) instead of the full usage, like the errors raised at construction.
+
+    Abbreviated keys are refused (``allow_abbrev=False``, also in the subcommand parsers, which jsonargparse gives the
+    main parser's setting): argparse would silently read ``--model.schem`` as ``--model.scheme``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def _load_config_parser_mode(self, content: str, path: Any = "", *args: Any, **kwargs: Any) -> Any:
+        """Name the config file in its errors (jsonargparse names neither it nor the option, and quotes a non-mapping
+        file whole)."""
+        try:
+            return super()._load_config_parser_mode(content, path, *args, **kwargs)
+        except TypeError as error:
+            if not path:
+                raise
+            if str(error).startswith("Unexpected config"):
+                raise TypeError(f"Invalid config file {path}: not a mapping of keys; expected top-level keys such "
+                                "as trainer:, model:, data:") from error
+            if str(error).startswith("Problems parsing config"):
+                raise TypeError(f"Invalid config file {path}: {str(error).removeprefix('Problems parsing config: ')}"
+                                ) from error
+            raise
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:  # jsonargparse parses sub-parsers with errors raised, not printed
             super().error(message, ex)
+        if message.startswith("unrecognized arguments:"):
+            message += ("; expected keys that `lightning-gan <subcommand> --help` lists, spelled in full "
+                        "(abbreviations are refused)")
         fail(message)
+
+
+#: Lightning's loggers, whose lines (seed, device availability) wait until the run is accepted: see _held_log_lines.
+_LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
+_SEED_LOGGER = "lightning.fabric.utilities.seed"
+
+
+def _handlers(logger: logging.Logger | None) -> Iterator[logging.Handler]:
+    """The handlers a record of ``logger`` reaches: its own, then its ancestors' while it propagates."""
+    while logger is not None:
+        yield from logger.handlers
+        logger = logger.parent if logger.propagate else None
+
+
+@contextmanager
+def _held_log_lines() -> Iterator[None]:
+    """Hold Lightning's log lines while the run is built; print them only if it is accepted, so that a refused
+    configuration prints its one error line alone (not after ``Seed set to 0`` and ``GPU available: ...``)."""
+    held: list[tuple[logging.Handler, logging.LogRecord]] = []
+    handlers = {id(h): h for name in _LIGHTNING_LOGGERS for h in _handlers(logging.getLogger(name))}.values()
+    holds = []
+    for handler in handlers:
+        def hold(record: logging.LogRecord, handler: logging.Handler = handler) -> bool:
+            if not record.name.startswith(_LIGHTNING_LOGGERS):
+                return True  # e.g. the root logger's handlers: hold Lightning's lines only
+            held.append((handler, record))
+            return False
+        handler.addFilter(hold)
+        holds.append((handler, hold))
+    try:
+        yield
+    finally:
+        for handler, hold in holds:
+            handler.removeFilter(hold)
+    for handler, record in held:
+        handler.handle(record)
+
+
+def check_trainer_values(config: dict[str, Any]) -> None:
+    """Refuse what Lightning accepts but makes no run (``max_steps: 0`` trains nothing yet writes a run folder), or
+    fails on later with a traceback (a run directory that is a file or cannot be written)."""
+    if config.get("max_steps") == 0:
+        raise ValueError("Invalid trainer.max_steps: 0; expected an integer >= 1, or -1 for no limit "
+                         "(max_epochs then ends the run)")
+    root = Path(config.get("default_root_dir") or DEFAULT_ROOT_DIR).expanduser()
+    existing = next(p for p in (root, *root.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"Invalid trainer.default_root_dir: {root}; {existing} is a file, expected a folder "
+                         "(created if absent)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"Invalid trainer.default_root_dir: {root}; {existing} is not writable, expected a folder "
+                         "this user can write")
+
+
+def check_strategy(strategy: Strategy, given: Any) -> None:
+    """Refuse before training the strategies GANModule.setup refuses mid-fit (a 40-line traceback through the
+    launcher): GANModule syncs both players' gradients itself, which only one device or game_ddp leaves to it."""
+    if isinstance(strategy, (SingleDeviceStrategy, GameDDPStrategy)):
+        return
+    name = given if isinstance(given, str) else type(strategy).__name__
+    why = "would sync the gradients a second time" if isinstance(strategy, DDPStrategy) else "is not supported"
+    raise ValueError(f"Invalid trainer.strategy: {name!r} ({type(strategy).__name__}, which {why}); expected "
+                     "'game_ddp' (one or more devices) or 'auto' on one device")
 
 
 def default_loggers(root_dir: str | Path) -> list[Logger]:
@@ -78,9 +197,15 @@ def default_loggers(root_dir: str | Path) -> list[Logger]:
     taken = [int(m.group(1)) for p in root.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
     version = max(taken, default=-1) + 1  # picked once, so that both loggers share it
     csv = CSVLogger(save_dir=root, name="", version=version)
-    # Create the folder now: CSVLogger warns (wrongly, it appends) when config.yaml got there first.
-    csv.experiment  # noqa: B018 (rank 0 only; a no-op elsewhere)
     return [TensorBoardLogger(save_dir=root, name="", version=version, default_hp_metric=False), csv]
+
+
+def create_log_dirs(trainer: Trainer) -> None:
+    """Create the CSV loggers' ``version_<k>`` folders once the run is accepted (a refused run leaves none), and before
+    ``config.yaml`` lands there: CSVLogger warns (wrongly, it appends) when config.yaml got there first."""
+    for logger in trainer.loggers:
+        if isinstance(logger, CSVLogger):
+            logger.experiment  # noqa: B018 (rank 0 only; a no-op elsewhere)
 
 
 class GANCLI(LightningCLI):
@@ -126,6 +251,19 @@ class GANCLI(LightningCLI):
         parser.add_lightning_class_args(ImageMetrics, "metrics")
         parser.add_lightning_class_args(FinalStepCheckpoint, "checkpoint")
         parser.add_lightning_class_args(SLURMRequeue, "requeue")
+        parser.add_lightning_class_args(SignalCheckpoint, "signals")
+        parser.add_argument(
+            "--collective_timeout", type=float, default=DEFAULT_COLLECTIVE_TIMEOUT_S,
+            help="Seconds a collective (gradient all-reduce, barrier) may wait for the other ranks before the job ends "
+                 "naming the rank that did not answer (gloo and NCCL). Make it longer than the slowest thing one rank "
+                 "does alone: a checkpoint write, an SVRE snapshot pass, a metric computation.",
+        )
+        parser.add_argument(
+            "--resume_allow", type=list[str] | str, default=[],
+            help="With --ckpt_path: changes to the checkpoint's values that this resume may make, comma-separated: "
+                 "g_optimizer.lr, d_optimizer.lr (the new step size replaces the restored one), world_size (another "
+                 "number of ranks, hence another global batch). Any other contradicting model value is refused.",
+        )
         parser.set_defaults({
             # game_ddp works with one process too (a 1-rank process group), and it is the only DDP GANModule accepts.
             "trainer.strategy": "game_ddp",
@@ -133,7 +271,40 @@ class GANCLI(LightningCLI):
             "checkpoint.save_last": True,
             "checkpoint.save_top_k": 0,  # only last.ckpt; set -1 to keep every every_n_train_steps checkpoint
             "checkpoint.every_n_train_steps": 1000,
+            "checkpoint.keep_previous": 1,  # last-previous-1.ckpt: the state last.ckpt held before its last save
         })
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        self._raw_args = args  # _parse_ckpt_path parses them again, for the values given explicitly
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """Resolve and check ``--ckpt_path`` where LightningCLI loads it: before seeding, building or writing anything.
+
+        ``last`` is the loadable checkpoint of the highest step (files that do not load are named and skipped); a file
+        must load and come from GANModule; the model values given (config file or command line, not defaults) must
+        agree with the checkpoint's, which the run then uses (see :mod:`lightning_gan.resume`). The resolved absolute
+        path goes into the config, so that the Trainer loads that very file.
+        """
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand) if subcommand else None
+        ckpt_path = config.get("ckpt_path") if config is not None else None
+        if not ckpt_path or ckpt_path in ("best", "hpc") or str(ckpt_path).startswith("registry"):
+            return
+        raw = self._raw_args
+        explicit = (self.parser.parse_args(raw, defaults=False) if raw is None or isinstance(raw, (list, tuple))
+                    else self.parser.parse_object(raw, defaults=False))
+        root = config.trainer.default_root_dir or DEFAULT_ROOT_DIR
+        try:
+            self._resume, model = plan_resume(
+                str(ckpt_path), dirpath=config.checkpoint.dirpath or Path(root) / "checkpoints", root=root,
+                given=given_model_values(explicit.get(f"{subcommand}.model")),
+                allowed=parse_resume_allow(config.get("resume_allow")))
+        except ValueError as error:
+            fail(error)
+        config.ckpt_path = str(self._resume.path) if self._resume is not None else None
+        if model:
+            self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
 
     def _subconfig(self, config: Any) -> Any:
         return config[self.subcommand] if self.subcommand else config
@@ -146,33 +317,162 @@ class GANCLI(LightningCLI):
                 fail(f"Invalid torch_num_threads: {threads}; expected an integer >= 1, or null for PyTorch's default")
             os.environ["OMP_NUM_THREADS"] = str(threads)  # else game_ddp's setup resets it to cores / processes
             torch.set_num_threads(threads)
+        timeout = config.get("collective_timeout")
+        if timeout is not None and not timeout > 0:
+            fail(f"Invalid collective_timeout: {timeout}; expected a number of seconds > 0")
         root = config.trainer.default_root_dir or DEFAULT_ROOT_DIR
         config.trainer.default_root_dir = root
         if config.checkpoint.dirpath is None:
             # Not versioned: the next invocation's ``--ckpt_path last`` looks in this very folder.
             config.checkpoint.dirpath = str(Path(root) / "checkpoints")
 
+    def _set_seed(self) -> None:
+        """Seed as LightningCLI does, without its ``Seed set to N`` line: that would come before a configuration
+        error; :meth:`instantiate_classes` logs it once the run is accepted."""
+        seed_log = logging.getLogger(_SEED_LOGGER)
+        level = seed_log.level
+        seed_log.setLevel(logging.WARNING)
+        try:
+            super()._set_seed()
+        finally:
+            seed_log.setLevel(level)
+
     def instantiate_classes(self) -> None:
         try:
-            super().instantiate_classes()
+            with _held_log_lines():
+                seed = self._get(self.config, "seed_everything")
+                if seed is not False and seed is not None:
+                    logging.getLogger(_SEED_LOGGER).info(rank_prefixed_message(f"Seed set to {seed}", _get_rank()))
+                super().instantiate_classes()
         except USER_ERRORS as error:
             fail(error)
 
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Trainer:
+        """Build the Trainer, refusing in one line before training what would fail mid-fit or train nothing."""
+        try:
+            check_trainer_values(config)
+            trainer = super()._instantiate_trainer(config, callbacks)
+            check_strategy(trainer.strategy, config.get("strategy"))
+            if self.subcommand == "fit" and getattr(self.datamodule, "train_set", None) is not None:
+                draws = self.model.scheme.draws_per_step * self.model.accumulation  # as GANModule.setup sets it
+                self.datamodule.check_train_batch(trainer.world_size, draws)
+        except TypeError as error:  # how Lightning refuses e.g. devices=-2, or devices=-1 on CPU
+            fail(f"Invalid trainer.devices: {config.get('devices')!r}; {error}" if "devices" in str(error)
+                 else f"Invalid trainer setting: {error}")
+        except USER_ERRORS as error:
+            fail(error)
+        return trainer
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Load the data first (a missing folder then fails before anything is written), then build the Trainer."""
+        resume = getattr(self, "_resume", None)
+        try:
+            check_model(resume, self.model)  # the players' architecture, before anything is loaded or written
+        except ValueError as error:
+            fail(error)
         if self.subcommand is not None and self.datamodule is not None:
             self.datamodule.setup(self.subcommand)
         trainer_config = self._subconfig(self.config_init)["trainer"]
         if trainer_config.get("logger") in (None, True):
             kwargs.setdefault("logger", default_loggers(trainer_config["default_root_dir"]))
+        plugins = with_atomic_checkpoint_io(trainer_config.get("plugins"), trainer_config.get("strategy"))
+        if plugins is not None:  # checkpoints written in place, atomically (unless the user chose a CheckpointIO)
+            kwargs.setdefault("plugins", plugins)
         trainer = super().instantiate_trainer(**kwargs)
+        batch = getattr(self.datamodule, "batch_size", None)
+        try:  # the world size (global batch), and allowed new step sizes for the restored optimizers
+            check_trainer(resume, trainer, batch * self.model.accumulation if batch else None)
+        except ValueError as error:
+            fail(error)
+        timeout = self._subconfig(self.config).get("collective_timeout")
+        if isinstance(trainer.strategy, distributed.GameDDPStrategy) and timeout is not None:
+            trainer.strategy._timeout = timedelta(seconds=timeout)  # read when fit creates the process group
         for callback in trainer.callbacks:
             if isinstance(callback, ImageMetrics):
                 try:
                     callback.prepare(self.datamodule)  # feature-network weights are checked now, not after training
                 except USER_ERRORS as error:
                     fail(error)
+        create_log_dirs(trainer)
         return trainer
+
+    def fit(self, model: GANModule, **kwargs: Any) -> None:
+        """``trainer.fit``, ending a run that cannot go on in one line and an exit code a job script can act on.
+
+        Exit codes: 3 the game diverged (the last checkpoint on disk is the last finite state); 4 a rank stopped
+        answering (named, from every surviving rank); 128 + n signal n stopped the run after saving ``last.ckpt``.
+        """
+        trainer = self.trainer
+        try:
+            trainer.fit(model, **kwargs)
+        except DivergenceError as error:
+            report(f"error: {error}{_last_checkpoint_note(trainer)}", rank=trainer.global_rank)
+            raise SystemExit(EXIT_DIVERGED) from None
+        except Exception as error:
+            if not distributed.is_collective_failure(error):
+                raise
+            self._rank_lost(error)
+        stopper = next((c for c in trainer.callbacks if isinstance(c, SignalCheckpoint)), None)
+        if stopper is not None and stopper.stopped_by is not None:
+            report(f"{stopper.stopped_by.name}: saved {stopper.saved} at step {trainer.global_step}; "
+                   "resume with --ckpt_path last", rank=trainer.global_rank)
+            raise SystemExit(128 + stopper.stopped_by)
+
+    def _rank_lost(self, error: BaseException) -> NoReturn:
+        """Name the ranks that do not answer, end the processes this one launched, and leave without collectives."""
+        trainer = self.trainer
+        timeout = self._subconfig(self.config).get("collective_timeout") or DEFAULT_COLLECTIVE_TIMEOUT_S
+        missing = distributed.roll_call(wait=timedelta(seconds=min(10.0, timeout)))
+        me = trainer.global_rank
+        who = ", ".join(str(r) for r in missing) if missing else "unknown (all answered the roll call afterwards)"
+        report(f"error: rank {me}: a collective failed at step {trainer.global_step}; rank(s) {who} did not answer "
+               f"(collective_timeout {timeout:g} s): {_one_line(str(error))[:200]}", every_rank=True)
+        launcher = trainer.strategy.launcher
+        if getattr(launcher, "procs", None):  # the ranks Lightning started from this process
+            launcher.kill(signal.SIGKILL)
+        raise RankLost(EXIT_RANK_LOST)
+
+
+def _last_checkpoint_note(trainer: Trainer) -> str:
+    callback = trainer.checkpoint_callback
+    path = getattr(callback, "last_model_path", "")
+    if not path:
+        return "; no checkpoint was saved"
+    return f"; the last checkpoint, {path}, is from step {getattr(callback, '_last_global_step_saved', '?')}"
+
+
+#: errno values of a full disk or quota: a fault of the machine, not of the input (exit status 1, not 2).
+_FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+_PATH_NAMES = ("filepath", "file_path", "filename", "fname", "urlpath", "path")
+
+
+@contextmanager
+def _full_disk_ends_run() -> Iterator[None]:
+    """A full disk or quota while writing (checkpoints, logs, sample grids) ends the run with one line naming the
+    file and exit status 1, not a 60-130 line traceback. Every other error propagates unchanged."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in _FULL_DISK:
+            raise
+        print(f"{PROG}: error: no space left on device writing {_written_path(error)} ({error.strerror}); free "
+              "space or choose another trainer.default_root_dir, then resume with --ckpt_path last",
+              file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
+def _written_path(error: OSError) -> str:
+    """The file being written: the error's filename, else the innermost open file or path variable of the traceback
+    (an error from write() or flush() names no file)."""
+    if error.filename:
+        return os.fsdecode(error.filename)
+    for frame, _ in reversed(list(traceback.walk_tb(error.__traceback__))):
+        for name, value in frame.f_locals.items():
+            if isinstance(value, io.IOBase) and isinstance(getattr(value, "name", None), str):
+                return value.name
+            if name in _PATH_NAMES and isinstance(value, (str, os.PathLike)):
+                return os.fsdecode(value)
+    return "an unknown file"
 
 
 def main(args: Sequence[str] | None = None) -> None:
@@ -186,7 +486,13 @@ def main(args: Sequence[str] | None = None) -> None:
 
         evaluate(argv[1:])
         return
-    GANCLI(args=args)
+    try:
+        with _full_disk_ends_run():
+            GANCLI(args=args)
+    except RankLost as lost:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(lost.code)  # a normal exit runs torch.distributed's teardown, which waits for the lost rank
 
 
 if __name__ == "__main__":
