@@ -11,25 +11,24 @@ each invocation logs to TensorBoard and CSV in ``<run dir>/version_<k>/`` (with 
 ``checkpoint.every_n_train_steps`` iterations and at the final one), shared by all versions so that ``--ckpt_path
 last`` finds the previous invocation's final state. ``trainer.strategy`` defaults to ``game_ddp``, which runs on one
 device as well as on many, so ``--trainer.devices N`` just works. Inside a SLURM batch job, ``requeue`` saves and
-requeues the job on SIGUSR1 (``--requeue.enabled auto|true|false``).
+requeues the job on SIGUSR1 (``--requeue.enabled auto|true|false``); everywhere, ``signals`` saves ``last.ckpt`` and
+stops on SIGTERM and Ctrl-C (:class:`~lightning_gan.callbacks.SignalCheckpoint`).
 
 Invalid settings fail before training, as one line ``lightning-gan: error: <message>`` and exit code 2: values the
-classes reject at construction, and missing data (the data module is loaded before the Trainer is built).
+classes reject at construction, bad checkpoints and contradicting resumes (:mod:`lightning_gan.resume`), and missing
+or corrupt data (the data module is loaded before the Trainer is built). A run that cannot go on ends in one line
+too, with an exit code a job script can act on (:mod:`lightning_gan.cli_errors`).
 """
 
 from __future__ import annotations
 
-import errno
-import io
 import logging
 import os
 import re
 import signal
 import sys
-import traceback
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn, Optional
@@ -40,57 +39,23 @@ from lightning.pytorch import Trainer
 from lightning.fabric.utilities.rank_zero import _get_rank, rank_prefixed_message
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy, Strategy
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 import lightning_gan.distributed  # noqa: F401  (registers strategy "game_ddp" before any Trainer is built)
 from lightning_gan import distributed
 from lightning_gan.callbacks import FinalStepCheckpoint, ImageMetrics, SampleGrid, SignalCheckpoint, SLURMRequeue
 from lightning_gan.checkpointing import with_atomic_checkpoint_io
+from lightning_gan.cli_errors import (DEFAULT_ROOT_DIR, EXIT_DIVERGED, EXIT_RANK_LOST, PROG, SEED_LOGGER, USER_ERRORS,
+                                      RankLost, check_strategy, check_trainer_values, fail, full_disk_ends_run,
+                                      held_log_lines, last_checkpoint_note, one_line, report)
 from lightning_gan.data import GameDataModule
-from lightning_gan.distributed import GameDDPStrategy
 from lightning_gan.game.finite import DivergenceError
 from lightning_gan.module import GANModule
 from lightning_gan.resume import check_model, check_trainer, given_model_values, parse_resume_allow, plan_resume
 
 __all__ = ["GANArgumentParser", "GANCLI", "main"]
 
-PROG = "lightning-gan"
-DEFAULT_ROOT_DIR = "runs/default"
-#: Exit codes besides 0: 2 bad input (argparse's), these two, and 128 + n after signal n saved and stopped the run.
-EXIT_DIVERGED = 3
-EXIT_RANK_LOST = 4
 #: Default of ``--collective_timeout``: long enough for a slow checkpoint write or SVRE snapshot pass of one rank.
 DEFAULT_COLLECTIVE_TIMEOUT_S = 300
-#: Exceptions that mean "the configuration is wrong" when raised while building or checking the run.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, MisconfigurationException)
-
-
-def fail(error: BaseException | str) -> NoReturn:
-    """Report a configuration error as one line on stderr and exit with status 2 (as argparse does)."""
-    print(f"{PROG}: error: {_one_line(str(error))}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
-
-
-_NOISE = ("Given value", "Subtypes:", "Does not validate against any of the Union subtypes", "Errors:",
-          "- Expected a <class 'NoneType'>")
-
-
-def _one_line(message: str) -> str:
-    """A (jsonargparse) message on one line, without the lines that only repeat the input or list union types."""
-    lines = (line.strip() for line in message.splitlines())
-    return " ".join(line.removeprefix("- ") for line in lines if line and not line.startswith(_NOISE))
-
-
-class RankLost(SystemExit):
-    """A rank stopped answering; the process must end without the exit-time collectives of torch.distributed."""
-
-
-def report(message: str, *, rank: int = 0, every_rank: bool = False) -> None:
-    """One line on stderr, from global rank 0 only unless ``every_rank``."""
-    if every_rank or rank == 0:
-        print(f"{PROG}: {_one_line(message)}", file=sys.stderr, flush=True)
-
 
 class GANArgumentParser(LightningArgumentParser):
     """Parse errors as one line (naming the key) instead of the full usage, like the errors raised at construction.
@@ -126,69 +91,6 @@ class GANArgumentParser(LightningArgumentParser):
             message += ("; expected keys that `lightning-gan <subcommand> --help` lists, spelled in full "
                         "(abbreviations are refused)")
         fail(message)
-
-
-#: Lightning's loggers, whose lines (seed, device availability) wait until the run is accepted: see _held_log_lines.
-_LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
-_SEED_LOGGER = "lightning.fabric.utilities.seed"
-
-
-def _handlers(logger: logging.Logger | None) -> Iterator[logging.Handler]:
-    """The handlers a record of ``logger`` reaches: its own, then its ancestors' while it propagates."""
-    while logger is not None:
-        yield from logger.handlers
-        logger = logger.parent if logger.propagate else None
-
-
-@contextmanager
-def _held_log_lines() -> Iterator[None]:
-    """Hold Lightning's log lines while the run is built; print them only if it is accepted, so that a refused
-    configuration prints its one error line alone (not after ``Seed set to 0`` and ``GPU available: ...``)."""
-    held: list[tuple[logging.Handler, logging.LogRecord]] = []
-    handlers = {id(h): h for name in _LIGHTNING_LOGGERS for h in _handlers(logging.getLogger(name))}.values()
-    holds = []
-    for handler in handlers:
-        def hold(record: logging.LogRecord, handler: logging.Handler = handler) -> bool:
-            if not record.name.startswith(_LIGHTNING_LOGGERS):
-                return True  # e.g. the root logger's handlers: hold Lightning's lines only
-            held.append((handler, record))
-            return False
-        handler.addFilter(hold)
-        holds.append((handler, hold))
-    try:
-        yield
-    finally:
-        for handler, hold in holds:
-            handler.removeFilter(hold)
-    for handler, record in held:
-        handler.handle(record)
-
-
-def check_trainer_values(config: dict[str, Any]) -> None:
-    """Refuse what Lightning accepts but makes no run (``max_steps: 0`` trains nothing yet writes a run folder), or
-    fails on later with a traceback (a run directory that is a file or cannot be written)."""
-    if config.get("max_steps") == 0:
-        raise ValueError("Invalid trainer.max_steps: 0; expected an integer >= 1, or -1 for no limit "
-                         "(max_epochs then ends the run)")
-    root = Path(config.get("default_root_dir") or DEFAULT_ROOT_DIR).expanduser()
-    existing = next(p for p in (root, *root.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise ValueError(f"Invalid trainer.default_root_dir: {root}; {existing} is a file, expected a folder "
-                         "(created if absent)")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"Invalid trainer.default_root_dir: {root}; {existing} is not writable, expected a folder "
-                         "this user can write")
-
-
-def check_strategy(strategy: Strategy, given: Any) -> None:
-    """Refuse before training the strategies GANModule.setup refuses mid-fit (a 40-line traceback through the
-    launcher): GANModule syncs both players' gradients itself, which only one device or game_ddp leaves to it."""
-    if isinstance(strategy, (SingleDeviceStrategy, GameDDPStrategy)):
-        return
-    name = given if isinstance(given, str) else type(strategy).__name__
-    why = "would sync the gradients a second time" if isinstance(strategy, DDPStrategy) else "is not supported"
-    raise ValueError(f"Invalid trainer.strategy: {name!r} ({type(strategy).__name__}, which {why}); expected "
-                     "'game_ddp' (one or more devices) or 'auto' on one device")
 
 
 def default_loggers(root_dir: str | Path) -> list[Logger]:
@@ -329,7 +231,7 @@ class GANCLI(LightningCLI):
     def _set_seed(self) -> None:
         """Seed as LightningCLI does, without its ``Seed set to N`` line: that would come before a configuration
         error; :meth:`instantiate_classes` logs it once the run is accepted."""
-        seed_log = logging.getLogger(_SEED_LOGGER)
+        seed_log = logging.getLogger(SEED_LOGGER)
         level = seed_log.level
         seed_log.setLevel(logging.WARNING)
         try:
@@ -339,10 +241,10 @@ class GANCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         try:
-            with _held_log_lines():
+            with held_log_lines():
                 seed = self._get(self.config, "seed_everything")
                 if seed is not False and seed is not None:
-                    logging.getLogger(_SEED_LOGGER).info(rank_prefixed_message(f"Seed set to {seed}", _get_rank()))
+                    logging.getLogger(SEED_LOGGER).info(rank_prefixed_message(f"Seed set to {seed}", _get_rank()))
                 super().instantiate_classes()
         except USER_ERRORS as error:
             fail(error)
@@ -406,7 +308,7 @@ class GANCLI(LightningCLI):
         try:
             trainer.fit(model, **kwargs)
         except DivergenceError as error:
-            report(f"error: {error}{_last_checkpoint_note(trainer)}", rank=trainer.global_rank)
+            report(f"error: {error}{last_checkpoint_note(trainer)}", rank=trainer.global_rank)
             raise SystemExit(EXIT_DIVERGED) from None
         except Exception as error:
             if not distributed.is_collective_failure(error):
@@ -426,53 +328,11 @@ class GANCLI(LightningCLI):
         me = trainer.global_rank
         who = ", ".join(str(r) for r in missing) if missing else "unknown (all answered the roll call afterwards)"
         report(f"error: rank {me}: a collective failed at step {trainer.global_step}; rank(s) {who} did not answer "
-               f"(collective_timeout {timeout:g} s): {_one_line(str(error))[:200]}", every_rank=True)
+               f"(collective_timeout {timeout:g} s): {one_line(str(error))[:200]}", every_rank=True)
         launcher = trainer.strategy.launcher
         if getattr(launcher, "procs", None):  # the ranks Lightning started from this process
             launcher.kill(signal.SIGKILL)
         raise RankLost(EXIT_RANK_LOST)
-
-
-def _last_checkpoint_note(trainer: Trainer) -> str:
-    callback = trainer.checkpoint_callback
-    path = getattr(callback, "last_model_path", "")
-    if not path:
-        return "; no checkpoint was saved"
-    return f"; the last checkpoint, {path}, is from step {getattr(callback, '_last_global_step_saved', '?')}"
-
-
-#: errno values of a full disk or quota: a fault of the machine, not of the input (exit status 1, not 2).
-_FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
-_PATH_NAMES = ("filepath", "file_path", "filename", "fname", "urlpath", "path")
-
-
-@contextmanager
-def _full_disk_ends_run() -> Iterator[None]:
-    """A full disk or quota while writing (checkpoints, logs, sample grids) ends the run with one line naming the
-    file and exit status 1, not a 60-130 line traceback. Every other error propagates unchanged."""
-    try:
-        yield
-    except OSError as error:
-        if error.errno not in _FULL_DISK:
-            raise
-        print(f"{PROG}: error: no space left on device writing {_written_path(error)} ({error.strerror}); free "
-              "space or choose another trainer.default_root_dir, then resume with --ckpt_path last",
-              file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
-
-
-def _written_path(error: OSError) -> str:
-    """The file being written: the error's filename, else the innermost open file or path variable of the traceback
-    (an error from write() or flush() names no file)."""
-    if error.filename:
-        return os.fsdecode(error.filename)
-    for frame, _ in reversed(list(traceback.walk_tb(error.__traceback__))):
-        for name, value in frame.f_locals.items():
-            if isinstance(value, io.IOBase) and isinstance(getattr(value, "name", None), str):
-                return value.name
-            if name in _PATH_NAMES and isinstance(value, (str, os.PathLike)):
-                return os.fsdecode(value)
-    return "an unknown file"
 
 
 def main(args: Sequence[str] | None = None) -> None:
@@ -487,7 +347,7 @@ def main(args: Sequence[str] | None = None) -> None:
         evaluate(argv[1:])
         return
     try:
-        with _full_disk_ends_run():
+        with full_disk_ends_run():
             GANCLI(args=args)
     except RankLost as lost:
         sys.stdout.flush()

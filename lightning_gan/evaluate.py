@@ -36,7 +36,8 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
 from torch import Tensor
 
-from lightning_gan.cli import PROG, USER_ERRORS, GANCLI, fail
+from lightning_gan.cli import GANCLI
+from lightning_gan.cli_errors import PROG, USER_ERRORS, fail
 from lightning_gan.data import GameDataModule, GaussianMixtureDataModule
 from lightning_gan.metrics import ExtractorSpec, fidelity_metrics, mixture_metrics, resolve_extractor
 from lightning_gan.metrics.fidelity import EXTRACTORS, METRICS

@@ -22,7 +22,8 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
-from lightning_gan.cli import _full_disk_ends_run, main
+from lightning_gan.cli import main
+from lightning_gan.cli_errors import full_disk_ends_run
 from lightning_gan.data import ImageFolderDataModule
 
 pytestmark = [
@@ -252,13 +253,13 @@ def test_full_disk_names_the_file_of_a_failed_flush_and_other_errors_pass(tmp_pa
         pytest.skip("no /dev/full")
     target = tmp_path / "grid.png"
     target.symlink_to("/dev/full")
-    with pytest.raises(SystemExit) as exit_, _full_disk_ends_run():
+    with pytest.raises(SystemExit) as exit_, full_disk_ends_run():
         with open(target, "wb") as f:
             f.write(b"x" * 10)
     assert exit_.value.code == 1
     for error in (OSError(errno.EIO, "Input/output error"), PermissionError(errno.EACCES, "denied", "x"),
                   RuntimeError("not a disk")):
-        with pytest.raises(type(error)), _full_disk_ends_run():
+        with pytest.raises(type(error)), full_disk_ends_run():
             raise error
 
 
