@@ -288,7 +288,7 @@ class GANCLI(LightningCLI):
             fail(error)
         timeout = self._subconfig(self.config).get("collective_timeout")
         if isinstance(trainer.strategy, distributed.GameDDPStrategy) and timeout is not None:
-            trainer.strategy._timeout = timedelta(seconds=timeout)  # read when fit creates the process group
+            trainer.strategy.collective_timeout = timedelta(seconds=timeout)  # set when training starts
         for callback in trainer.callbacks:
             if isinstance(callback, ImageMetrics):
                 try:

@@ -10,9 +10,15 @@ This is the only module of lightning-gan that talks to ``torch.distributed`` (ST
   (DESIGN.md section 3), because a DDP reducer around a module with two players and several backward passes per
   step syncs the wrong thing or fails with "unused parameters" (DESIGN.md section 7).
 * Collective helpers: :func:`all_reduce_mean_`, :func:`all_reduce_sum_`, :func:`broadcast_tensors_`,
-  :func:`sync_buffers_`, :func:`reduce_boolean_decision` and :func:`check_ddp_consistency`. Each sends one flat
-  buffer per (device, dtype) group, never one message per parameter, and makes no collective call at all without a
-  process group or with a world size of 1.
+  :func:`sync_buffers_`, :func:`reduce_boolean_decision`, :func:`agree_max` and :func:`check_ddp_consistency`. Each
+  sends one flat buffer per (device, dtype) group, never one message per parameter, and makes no collective call at
+  all without a process group or with a world size of 1.
+* Lost ranks: the strategy's ``collective_timeout`` (the command's ``--collective_timeout``) bounds every collective
+  once training runs (the rendezvous keeps the long ``timeout``: ranks may start minutes apart); gloo then raises on
+  the waiting rank, :func:`is_collective_failure` tells that from other errors, and :func:`roll_call` names the ranks
+  that no longer answer, through the rendezvous store. NCCL's watchdog ends the process at the timeout by default
+  (``TORCH_NCCL_ASYNC_ERROR_HANDLING``); with ``TORCH_NCCL_BLOCKING_WAIT=1`` the timeout is an exception on the
+  waiting rank, as on gloo.
 
 Every helper is a collective: all ranks must call it in the same order, with tensors of the same shapes, dtypes
 and order, or the job hangs or fails (use :func:`check_ddp_consistency` to find out which tensor went astray).
@@ -102,7 +108,10 @@ class GameDDPStrategy(DDPStrategy):
         checkpoint_io: checkpoint plugin.
         precision_plugin: precision plugin.
         process_group_backend: ``"gloo"``, ``"nccl"``, ...; ``None`` picks gloo on CPU and NCCL on CUDA.
-        timeout: timeout of collective operations.
+        timeout: timeout of the rendezvous and, unless ``collective_timeout`` is given, of every collective.
+        collective_timeout: timeout of every collective from the start of training on (None: ``timeout``). Short
+            enough to end a job whose rank froze within minutes; the rendezvous and the set-up before training keep
+            ``timeout``, since ranks may start far apart (a busy node, a slow file system, srun's launch).
         start_method: how Lightning launches the other processes when it launches them itself: ``"popen"`` reruns
             the command line (the default, works with the CLI), ``"spawn"``, ``"fork"`` or ``"forkserver"``.
     """
@@ -119,7 +128,9 @@ class GameDDPStrategy(DDPStrategy):
         process_group_backend: Optional[str] = None,
         timeout: Optional[timedelta] = default_pg_timeout,
         start_method: Literal["popen", "spawn", "fork", "forkserver"] = "popen",
+        collective_timeout: Optional[timedelta] = None,
     ) -> None:
+        self.collective_timeout = collective_timeout
         super().__init__(
             accelerator=accelerator,
             parallel_devices=parallel_devices,
@@ -150,6 +161,14 @@ class GameDDPStrategy(DDPStrategy):
         log.debug(f"{type(self).__name__}: broadcasting rank 0's module states, no DistributedDataParallel wrapper")
         assert isinstance(self.model, nn.Module)
         _sync_module_states(self.model)
+
+    @override
+    def on_train_start(self) -> None:
+        """From here on the ranks run in lockstep, so a collective that waits longer than ``collective_timeout``
+        means a rank stopped answering."""
+        super().on_train_start()
+        if self.collective_timeout is not None and is_distributed():
+            dist.set_timeout(self.collective_timeout)
 
     @override
     def _setup_model(self, model: nn.Module) -> nn.Module:
