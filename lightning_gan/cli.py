@@ -139,6 +139,8 @@ class GANCLI(LightningCLI):
         # weights targets single-optimizer manual loops.
         warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization",
                                 category=UserWarning)
+        # A hint for users who meant to run under SLURM; lightning-gan jobs do (slurm/train.sbatch), others are not.
+        warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
         super().__init__(GANModule, GameDataModule, subclass_mode_data=True, args=args, run=run,
                          parser_kwargs=parser_kwargs, **kwargs)
 

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,8 +75,9 @@ def _handlers(logger: logging.Logger | None) -> Iterator[logging.Handler]:
 
 @contextmanager
 def held_log_lines() -> Iterator[None]:
-    """Hold Lightning's log lines while the run is built; print them only if it is accepted, so that a refused
-    configuration prints its one error line alone (not after ``Seed set to 0`` and ``GPU available: ...``)."""
+    """Hold Lightning's log lines and the warnings raised while the run is built; print them only if it is accepted,
+    so that a refused configuration prints its one error line alone (not after ``Seed set to 0``, ``GPU available:
+    ...`` or a warning about the environment)."""
     held: list[tuple[logging.Handler, logging.LogRecord]] = []
     handlers = {id(h): h for name in _LIGHTNING_LOGGERS for h in _handlers(logging.getLogger(name))}.values()
     holds = []
@@ -88,12 +90,15 @@ def held_log_lines() -> Iterator[None]:
         handler.addFilter(hold)
         holds.append((handler, hold))
     try:
-        yield
+        with warnings.catch_warnings(record=True) as raised:  # the filters in force still apply
+            yield
     finally:
         for handler, hold in holds:
             handler.removeFilter(hold)
     for handler, record in held:
         handler.handle(record)
+    for warning in raised:
+        warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def check_trainer_values(config: dict[str, Any]) -> None:
