@@ -11,11 +11,18 @@ distribution::
       momentum: {distribution: uniform, low: -0.9, high: 0.9}
       scheme: {distribution: choice, values: [simultaneous, extragradient]}
       model.r1_gamma: {distribution: loguniform, low: 0.01, high: 1.0}   # any dotted config path
+      schedule_d: {distribution: choice, values: [constant, inverse_sqrt]}
+      model.d_optimizer.t0: {distribution: loguniform, low: 10.0, high: 1000.0}
 
 Names: ``lr_g`` (the generator's step size), ``lr_ratio`` (lr_D / lr_G: the discriminator's step size is
-``lr_g * lr_ratio``), ``momentum`` (both players' SGD momentum or Adam beta1; may be negative), ``scheme``, or a
-dotted path into the training config. Distributions: ``uniform``, ``loguniform`` (low, high), ``randint`` (low,
-high exclusive), ``choice``, ``grid`` (values; every value in every sample), or a plain value (fixed).
+``lr_g * lr_ratio``), ``momentum`` (both players' SGD momentum or Adam beta1; may be negative), ``scheme``,
+``schedule_g`` / ``schedule_d`` (each player's step-size schedule: constant, linear, cosine, step, inverse_sqrt,
+inverse_time), ``warmup`` (both players' warm-up iterations), or a dotted path into the training config (a
+schedule's parameters: ``model.d_optimizer.t0``, ``model.g_optimizer.decay_steps``...). ``lr_g`` and ``lr_ratio`` set
+the schedules' initial step sizes; PBT mutates continuous ``model.*_optimizer.*`` values, schedule parameters
+included, and the run continues the schedule at its iteration with the mutated values. Distributions: ``uniform``,
+``loguniform`` (low, high), ``randint`` (low, high exclusive), ``choice``, ``grid`` (values; every value in every
+sample), or a plain value (fixed).
 """
 
 from __future__ import annotations
@@ -37,6 +44,11 @@ ALIASES = {
     "lr_ratio": ("model.d_optimizer.lr",),  # = lr_g * lr_ratio
     "momentum": ("model.g_optimizer.momentum", "model.d_optimizer.momentum"),
     "scheme": ("model.scheme",),
+    # step-size schedules (lightning_gan.optim.schedules); their parameters are dotted paths, e.g.
+    # model.d_optimizer.t0 or model.g_optimizer.decay_steps
+    "schedule_g": ("model.g_optimizer.schedule",),
+    "schedule_d": ("model.d_optimizer.schedule",),
+    "warmup": ("model.g_optimizer.warmup", "model.d_optimizer.warmup"),
 }
 #: Fields that PBT may mutate during a trial: optimizer scalars only, re-applied after each restore (ray#36660).
 OPTIMIZER_PREFIXES = ("model.g_optimizer.", "model.d_optimizer.")
