@@ -11,6 +11,13 @@ the features of the project's MNIST classifier (``lightning_gan/metrics/weights/
 players, initialisation seed, data order, Adam (lr 2e-4 for both players, betas (0.5, 0.9)), averages
 (uniform from the first iteration; EMA decay 0.995).
 
+A method is a scheme plus optional extra GANModule arguments and per-player changes to the shared Adam
+(:class:`Method`): the LA-* rows add Lookahead-minmax (k 5, alpha 0.5, the reference code's values), and other
+options are one row each, e.g. ``Method("RpGAN SimAdam", "simultaneous", model={"loss": "rpgan", ...})`` or
+``Method("TTUR SimAdam", "simultaneous", d_optimizer={"lr": 4e-4}, g_optimizer={"schedule": "linear", ...})``.
+The LA-* rows run when named with ``--methods``; they are scored at multiples of k, where the live weights are
+the slow ones.
+
 SVRE here is SVRE-A (Adam on the SVRE direction) with a latent bank of 2 x the training set; its snapshot
 pass covers the whole training set, so all methods train on the first ``--train-samples`` MNIST images (a
 pass costs train_samples / 64 evaluations). Runs go to ``--out/runs/<method>_seed<k>``; the script writes
@@ -28,6 +35,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -35,16 +43,45 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 GENERATORS = ("live", "uniform", "ema")
 
-#: name -> (label, model overrides). Everything not listed here is shared (see base_config).
-METHODS: dict[str, tuple[str, dict]] = {
-    "simadam": ("SimAdam", {"scheme": "simultaneous"}),
-    "altadam5": ("AltAdam (n_dis 5)", {"scheme": "alternating", "n_dis": 5}),
-    "extraadam": ("ExtraAdam", {"scheme": "extragradient"}),
-    "pastextraadam": ("PastExtraAdam", {"scheme": "past_extragradient"}),
-    "optimadam": ("OptimisticAdam", {"scheme": "optimistic"}),
-    "svre": ("SVRE-A", {"scheme": "svre", "latent_bank_factor": 2,
-                        "svre": {"snapshot_probability": None, "restart_probability": 0.0}}),
+@dataclass(frozen=True)
+class Method:
+    """One compared method: a scheme, extra GANModule arguments, and keys merged over each player's shared Adam."""
+
+    label: str
+    scheme: str
+    model: dict = field(default_factory=dict)  # e.g. {"n_dis": 5}, {"lookahead": {...}}, {"loss": "rpgan"}
+    g_optimizer: dict = field(default_factory=dict)  # e.g. {"lr": 1e-4}, {"schedule": "cosine", ...}
+    d_optimizer: dict = field(default_factory=dict)
+
+    def model_overrides(self, base: dict) -> dict:
+        """The ``model:`` keys this method changes in ``base`` (the shared model section)."""
+        return {"scheme": self.scheme, **self.model,
+                "g_optimizer": {**base["g_optimizer"], **self.g_optimizer},
+                "d_optimizer": {**base["d_optimizer"], **self.d_optimizer}}
+
+    @property
+    def lookahead_k(self) -> int | None:
+        return (self.model.get("lookahead") or {}).get("k")
+
+
+#: Lookahead-minmax as in the reference code (Chavdarova/LAGAN-Lookahead_Minimax, lagan/exe.sh).
+LOOKAHEAD = {"lookahead": {"k": 5, "alpha": 0.5}}
+
+#: name -> method. Everything not listed here is shared (see base_config).
+METHODS: dict[str, Method] = {
+    "simadam": Method("SimAdam", "simultaneous"),
+    "altadam5": Method("AltAdam (n_dis 5)", "alternating", {"n_dis": 5}),
+    "extraadam": Method("ExtraAdam", "extragradient"),
+    "pastextraadam": Method("PastExtraAdam", "past_extragradient"),
+    "optimadam": Method("OptimisticAdam", "optimistic"),
+    "svre": Method("SVRE-A", "svre", {"latent_bank_factor": 2,
+                                      "svre": {"snapshot_probability": None, "restart_probability": 0.0}}),
+    "la_simadam": Method("LA-SimAdam", "simultaneous", LOOKAHEAD),
+    "la_altadam5": Method("LA-AltAdam (n_dis 5)", "alternating", {"n_dis": 5, **LOOKAHEAD}),
+    "la_extraadam": Method("LA-ExtraAdam", "extragradient", LOOKAHEAD),
 }
+#: What runs without --methods: the six methods of the README's table (the LA-* rows are picked by name).
+DEFAULT_METHODS = ["simadam", "altadam5", "extraadam", "pastextraadam", "optimadam", "svre"]
 
 
 def base_config(args: argparse.Namespace, seed: int, run_dir: Path) -> dict:
@@ -88,16 +125,18 @@ def iterations_per_score(method: str, args: argparse.Namespace) -> int:
     """Iterations between FID scores, so that each method is scored about ``--points`` times over its budget."""
     from lightning_gan.schemes import make_scheme
 
-    model = METHODS[method][1]
-    scheme = make_scheme(model["scheme"], model.get("n_dis", 1))
+    spec = METHODS[method]
+    scheme = make_scheme(spec.scheme, spec.model.get("n_dis", 1))
     per_iteration = scheme.evaluations_per_step + (1 if scheme.variance_reduced else 0)  # + ~1 amortised pass
-    return max(1, args.budget // (per_iteration * args.points))
+    every = max(1, args.budget // (per_iteration * args.points))
+    k = spec.lookahead_k
+    return every if k is None else max(k, every // k * k)  # at a sync the live weights are the slow ones
 
 
 def run_one(method: str, seed: int, args: argparse.Namespace) -> dict:
     run_dir = args.out / "runs" / f"{method}_seed{seed}"
     config = base_config(args, seed, run_dir)
-    config["model"].update(METHODS[method][1])
+    config["model"].update(METHODS[method].model_overrides(config["model"]))
     config["metrics"]["every_n_steps"] = iterations_per_score(method, args)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "bench_config.yaml"
@@ -141,7 +180,7 @@ def summarise(results: list[dict], args: argparse.Namespace) -> str:
     """Markdown table: final FID per generator, mean (min-max) over seeds, plus time and evaluations."""
     lines = ["| method | FID live | FID uniform | FID EMA | F-evaluations | wall s / run |",
              "|---|---:|---:|---:|---:|---:|"]
-    for method, (label, _) in METHODS.items():
+    for method, spec in METHODS.items():
         runs = [r for r in results if r["method"] == method]
         if not runs:
             continue
@@ -152,7 +191,7 @@ def summarise(results: list[dict], args: argparse.Namespace) -> str:
             cells.append(f"{statistics.mean(finals):.1f}{spread}")
         evaluations = statistics.mean(r["curve"][-1]["val/evaluations"] for r in runs)
         seconds = statistics.mean(r["seconds"] for r in runs)
-        lines.append(f"| {label} | {' | '.join(cells)} | {evaluations:.0f} | {seconds:.0f} |")
+        lines.append(f"| {spec.label} | {' | '.join(cells)} | {evaluations:.0f} | {seconds:.0f} |")
     return "\n".join(lines)
 
 
@@ -164,13 +203,13 @@ def plot(results: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
     for ax, g in zip(axes, GENERATORS):
-        for k, (method, (label, _)) in enumerate(METHODS.items()):
+        for k, (method, spec) in enumerate(METHODS.items()):
             runs = [r for r in results if r["method"] == method]
             for i, r in enumerate(runs):
                 x = [row["val/evaluations"] for row in r["curve"]]
                 y = [row[f"val/fid_{g}"] for row in r["curve"]]
                 ax.plot(x, y, color=f"C{k}", alpha=0.85, linestyle="-" if i == 0 else "--",
-                        label=label if i == 0 else None)
+                        label=spec.label if i == 0 else None)
         ax.set_title(f"{g} generator")
         ax.set_xlabel("F-evaluations (batch 64)")
         ax.set_yscale("log")
@@ -188,7 +227,8 @@ def main() -> None:
                         help="folder of the four MNIST IDX files")
     parser.add_argument("--budget", type=int, default=2000, help="F-evaluations per run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS),
+                        help=f"default: {' '.join(DEFAULT_METHODS)}")
     parser.add_argument("--width", type=int, default=32, help="DCGAN base width")
     parser.add_argument("--train-samples", type=int, default=10_000, help="training images (SVRE passes over all)")
     parser.add_argument("--num-samples", type=int, default=5000, help="images per FID score (each side)")

@@ -61,3 +61,20 @@ def test_compare_methods_smoke_run(tmp_path):
     assert results["runs"][1]["curve"][-1]["val/evaluations"] == 14
     assert 0 <= results["real_floor_fid"] < 50
     assert "| ExtraAdam |" in (tmp_path / "table.md").read_text() and (tmp_path / "fid_vs_evaluations.png").is_file()
+
+
+@pytest.mark.slow
+def test_fault_trials_smoke_run(tmp_path):
+    """bench/fault_trials.py runs a signal trial and a bad-checkpoint trial and writes its table (~30 s)."""
+    path = Path(__file__).resolve().parents[1] / "bench" / "fault_trials.py"
+    spec = importlib.util.spec_from_file_location("fault_trials", path)
+    fault_trials = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = fault_trials  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(fault_trials)
+        trials = fault_trials.main(["--trials", "1", "--faults", "sigterm", "bad_ckpt_missing", "--out", str(tmp_path)])
+    finally:
+        sys.modules.pop(spec.name, None)
+    assert [(t.fault, t.met) for t in trials] == [("sigterm", True), ("bad_ckpt_missing", True)], trials
+    assert "| SIGTERM, 1 process | 1 | 1 |" in (tmp_path / "fault_trials.md").read_text()
+    assert len(json.loads((tmp_path / "fault_trials.json").read_text())["trials"]) == 2
