@@ -16,7 +16,9 @@ from lightning_gan.game.finite import DivergenceError, first_non_finite_paramete
 from lightning_gan.game.gan import GANGame, LatentBank, LatentSampler, LatentTables, MicroBatch
 from lightning_gan.game.losses import GANLoss, clip_weights_, get_loss
 from lightning_gan.game.step import GameStep
+from lightning_gan.lookahead import LookaheadConfig, LookaheadMinmax
 from lightning_gan.optim.factory import OptimizerConfig
+from lightning_gan.optim.schedules import resync_schedulers, step_schedulers
 from lightning_gan.schemes import DISCRIMINATOR, GENERATOR, SCHEMES, make_scheme
 from lightning_gan.variance_reduction import SVREConfig, SVREState
 
@@ -35,9 +37,10 @@ class GANModule(pl.LightningModule):
     Args:
         generator: player 0, ``z -> x``, with a ``latent_dim`` attribute.
         discriminator: player 1, ``x -> score`` (one raw score per sample).
-        loss: ``minimax``, ``non_saturating``, ``wgan``, ``wgan_gp``, ``hinge`` or a GANLoss instance.
+        loss: ``minimax``, ``non_saturating``, ``wgan``, ``wgan_gp``, ``hinge``, ``rpgan`` or a GANLoss instance.
         gp_weight: gradient-penalty weight of ``wgan_gp``.
         r1_gamma: R1 penalty weight on real data (0 disables), for any loss.
+        r2_gamma: R2 penalty weight on generated data (0 disables), for any loss; R3GAN uses r1_gamma = r2_gamma.
         scheme: ``simultaneous``, ``alternating``, ``extragradient``, ``past_extragradient``, ``optimistic``
             or ``svre`` (extragradient on the variance-reduced estimate).
         n_dis: discriminator steps per generator step (alternating only).
@@ -52,6 +55,8 @@ class GANModule(pl.LightningModule):
             normalises with its own batch statistics and rank 0's running statistics are broadcast after
             every iteration, so that the ranks stay identical.
         svre: settings of the ``svre`` scheme (snapshot trigger, restarts, variance probe).
+        lookahead: Lookahead-minmax over the scheme (period ``k``, step ``alpha``; None: off); averages and the SVRE
+            snapshot see the live (fast) weights, see :mod:`lightning_gan.lookahead`.
         latent_bank_factor: tie ``factor`` fixed latents to each training sample (redrawn at each SVRE
             snapshot) so that the generator's objective is a finite sum; null draws fresh latents.
         seed: seed of the latent and penalty random streams (identical on every rank).
@@ -67,6 +72,7 @@ class GANModule(pl.LightningModule):
         loss: str | GANLoss = "non_saturating",
         gp_weight: float = 10.0,
         r1_gamma: float = 0.0,
+        r2_gamma: float = 0.0,
         scheme: str = "simultaneous",
         n_dis: int = 1,
         g_optimizer: OptimizerConfig = OptimizerConfig(),
@@ -78,6 +84,7 @@ class GANModule(pl.LightningModule):
         average_discriminator: bool = False,
         sync_batchnorm: bool = False,
         svre: SVREConfig | None = None,
+        lookahead: LookaheadConfig | None = None,
         latent_bank_factor: int | None = None,
         seed: int = 0,
         check_finite: bool = True,
@@ -95,7 +102,8 @@ class GANModule(pl.LightningModule):
         if scheme not in SCHEMES:
             raise ValueError(f"Invalid scheme: {scheme!r}; expected one of {', '.join(SCHEMES)}")
         self.scheme = make_scheme(scheme, n_dis)
-        self.loss = _make_loss(loss, gp_weight=gp_weight, r1_gamma=r1_gamma)
+        self.loss = _make_loss(loss, gp_weight=gp_weight, r1_gamma=r1_gamma, r2_gamma=r2_gamma,
+                               latent_bank_factor=latent_bank_factor)
         if weight_clip is not None and not weight_clip > 0:
             raise ValueError(f"Invalid weight_clip: {weight_clip!r}; expected a number > 0, or null for no clipping")
         if isinstance(accumulation, bool) or not isinstance(accumulation, int) or accumulation < 1:
@@ -119,6 +127,8 @@ class GANModule(pl.LightningModule):
             SVREState(generator, discriminator, svre or SVREConfig(), seed=seed + 2)
             if self.scheme.variance_reduced else None
         )
+        self.lookahead = LookaheadMinmax((generator, discriminator), lookahead) if lookahead is not None else None
+        self.hparams.update(lookahead=asdict(lookahead) if lookahead is not None else None)  # plain values
         self.latent_tables = LatentTables(latent_dim, latent_bank_factor, seed=seed + 3)
         self.latents = LatentSampler(latent_dim, seed)
         self.penalty_rng = torch.Generator().manual_seed(seed + 1)
@@ -146,13 +156,24 @@ class GANModule(pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "draws_per_step"):
             datamodule.draws_per_step = self.scheme.draws_per_step * self.accumulation
+        if stage == "fit" and self.lookahead is not None:  # a checkpoint, restored after this, overwrites it
+            self.lookahead.reset((self.generator, self.discriminator))
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+    def configure_optimizers(self) -> Any:
+        """The players' optimizers and, when a player has a schedule, one LambdaLR per player: Lightning saves and
+        restores them (checkpoint ``lr_schedulers``), ``training_step`` steps them once per game iteration."""
         family = self.scheme.optimizer_family
-        return [
+        optimizers = [
             self.g_optimizer_config.build(self.generator.parameters(), family),
             self.d_optimizer_config.build(self.discriminator.parameters(), family),
         ]
+        configs = (self.g_optimizer_config, self.d_optimizer_config)
+        if all(config.lr_schedule().trivial for config in configs):
+            return optimizers  # no scheduler at all: the unscheduled run, bit for bit
+        return optimizers, [config.scheduler(optimizer) for config, optimizer in zip(configs, optimizers)]
+
+    def on_train_start(self) -> None:
+        resync_schedulers(self.lr_schedulers())  # after callbacks that write raw lrs (Tune's ConfigOptimizerScalars)
 
     @property
     def game(self) -> GameStep:
@@ -180,6 +201,8 @@ class GANModule(pl.LightningModule):
         samples = self.split_batch(real, indices)
         self.scheme.step(game, samples)
         self._raise_if_diverged(game)
+        if self.lookahead is not None:
+            self.lookahead.step((self.generator, self.discriminator), self.trainer.global_step + 1)
         if self.svre is not None:
             values = self.svre.log_values(self, logging_now=self._logging_now())
             if values:
@@ -192,6 +215,7 @@ class GANModule(pl.LightningModule):
         self.images_seen += real.shape[0] * self.trainer.world_size
         self._count_iteration()
         self._log_step(game)
+        step_schedulers(self.lr_schedulers())  # after the iteration's log: it shows the lr it used
 
     def split_batch(self, real: Tensor, indices: Tensor | None = None) -> list[list[MicroBatch]]:
         """Cut the rank's batch into the scheme's draws, each into ``accumulation`` micro-batches with their z.
@@ -374,10 +398,14 @@ class GANModule(pl.LightningModule):
             self._game = None  # rebind the estimator to the restored state
 
 
-def _make_loss(loss: str | GANLoss, *, gp_weight: float, r1_gamma: float) -> GANLoss:
-    if isinstance(loss, GANLoss):
-        return loss
-    kwargs: dict[str, float] = {"r1_gamma": r1_gamma}
-    if loss == "wgan_gp":
-        kwargs["gp_weight"] = gp_weight
-    return get_loss(loss, **kwargs)
+def _make_loss(loss: str | GANLoss, *, gp_weight: float, r1_gamma: float, r2_gamma: float,
+               latent_bank_factor: int | None) -> GANLoss:
+    if not isinstance(loss, GANLoss):
+        kwargs: dict[str, float] = {"r1_gamma": r1_gamma, "r2_gamma": r2_gamma}
+        if loss == "wgan_gp":
+            kwargs["gp_weight"] = gp_weight
+        loss = get_loss(loss, **kwargs)
+    if loss.relativistic and latent_bank_factor not in (None, 1):  # refused now, not at the first step
+        raise ValueError(f"Invalid latent_bank_factor: {latent_bank_factor!r} with loss {loss!r}; relativistic "
+                         "pairing needs one fake per real sample: null or 1")
+    return loss

@@ -121,7 +121,7 @@ def gan_field(
     Cost: one forward of G on ``z``; one forward of D on ``cat([real, fake])``
     (so a train-mode BatchNorm in D normalises one batch holding both, and its
     running statistics move once); then two backward passes, one per player
-    (L_D to phi, L_G to theta through D). A penalty (GP, R1) adds one D
+    (L_D to phi, L_G to theta through D). A penalty (GP, R1, R2, R1 + R2) adds one D
     forward on its own inputs and a double backward through D.
 
     ``fast_zero_sum=True`` makes it one backward pass for a zero-sum loss: the
@@ -134,7 +134,8 @@ def gan_field(
 
     ``players`` asks for one player's gradient only (alternating steps): for D alone, G runs without
     a graph; for G alone, D scores the fakes alone (no real batch, no penalty) unless a BatchNorm on
-    batch statistics in D couples them to the real samples. The other player's list is then empty.
+    batch statistics in D couples them to the real samples, or the loss is relativistic (its L_G
+    needs the paired real scores). The other player's list is then empty.
 
     Nothing is written: no parameter moves, ``.grad`` is neither read nor
     written (``torch.autograd.grad``, not ``.backward()``), so any scheme may
@@ -178,7 +179,7 @@ def gan_field(
         penalty = loss.penalty(discriminator, real, fake, generator=generator_rng)
         if penalty is not None:
             loss_d = loss_d + penalty
-        loss_g = loss.generator_loss(d_fake)
+        loss_g = _generator_loss(loss, d_real, d_fake)
 
         if fast_zero_sum:
             grads = _grad(loss_d, d_params + g_params, retain_graph=False)
@@ -200,6 +201,11 @@ def gan_field(
     )
 
 
+def _generator_loss(loss: GANLoss, d_real: Tensor | None, d_fake: Tensor) -> Tensor:
+    """L_G; a relativistic loss also gets the paired real scores (a constant for G without BatchNorm in D)."""
+    return loss.generator_loss(d_fake, d_real) if loss.relativistic else loss.generator_loss(d_fake)
+
+
 def _check_fake(fake: Tensor, real: Tensor) -> None:
     if fake.shape[1:] != real.shape[1:]:
         raise ValueError(
@@ -215,12 +221,13 @@ def _one_player_field(generator: nn.Module, discriminator: nn.Module, loss: GANL
         if generator_only:
             fake = generator(z)
             _check_fake(fake, real)
-            if uses_batch_statistics(discriminator):  # the fakes' scores depend on the real batch
+            d_real = None
+            if uses_batch_statistics(discriminator) or loss.relativistic:  # L_G sees the real batch
                 scores = discriminator(torch.cat([real, fake]))
-                d_fake = _split_scores(scores, real.shape[0], real.shape[0] + fake.shape[0])[1]
+                d_real, d_fake = _split_scores(scores, real.shape[0], real.shape[0] + fake.shape[0])
             else:
                 d_fake = _split_scores(discriminator(fake), 0, fake.shape[0])[1]
-            loss_g = loss.generator_loss(d_fake)
+            loss_g = _generator_loss(loss, d_real, d_fake)
             grads = _grad(loss_g, trainable_parameters(generator), retain_graph=False)
             return FieldValue(grads, [], loss_g.detach(), None, None, d_fake.detach().mean())
         with torch.no_grad():

@@ -2,7 +2,9 @@
 
 D returns one raw score (a logit for the JS losses) per sample, ``Tensor[N]``; a loss
 maps real and fake scores to the scalars that :func:`lightning_gan.game.field.gan_field`
-differentiates. D-only regularisers (gradient penalty, R1) come via :meth:`GANLoss.penalty`.
+differentiates. D-only regularisers (gradient penalty, R1, R2) come via :meth:`GANLoss.penalty`.
+A relativistic loss (``rpgan``) pairs real and fake samples one to one, and its L_G needs the
+real scores too (``relativistic = True``).
 Plain classes with typed ``__init__``: jsonargparse builds them from YAML.
 """
 
@@ -15,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
-    "GANLoss", "MinimaxLoss", "NonSaturatingLoss", "WGANLoss", "WGANGPLoss", "HingeLoss",
-    "R1Penalty", "GradientPenalty", "clip_weights_", "LOSSES", "get_loss",
+    "GANLoss", "MinimaxLoss", "NonSaturatingLoss", "WGANLoss", "WGANGPLoss", "HingeLoss", "RpGANLoss",
+    "R1Penalty", "R2Penalty", "GradientPenalty", "clip_weights_", "LOSSES", "RELATIVISTIC_LOSSES", "get_loss",
 ]  # fmt: skip
 
 
@@ -64,6 +66,43 @@ class R1Penalty:
 
     def __repr__(self) -> str:
         return f"R1Penalty(gamma={self.gamma})"
+
+
+class R2Penalty(R1Penalty):
+    """R2 = gamma / 2 * E_fake ||grad_x D(G(z))||^2 (Mescheder et al., 2018; with R1 in R3GAN).
+
+    The same zero-centred penalty on the generated samples, detached: D's
+    regulariser only, it never touches G.
+
+    Args:
+        gamma: penalty weight, ``>= 0``.
+    """
+
+    def __call__(
+        self,
+        discriminator: nn.Module,
+        real: Tensor,
+        fake: Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        if fake is None:
+            raise ValueError("Invalid fake: None; R2 is computed on the generated samples")
+        return super().__call__(discriminator, fake, generator=generator)
+
+    def __repr__(self) -> str:
+        return f"R2Penalty(gamma={self.gamma})"
+
+
+def _r1_plus_r2(discriminator: nn.Module, real: Tensor, fake: Tensor, r1_gamma: float, r2_gamma: float) -> Tensor:
+    """R1 + R2 from one D forward and one double backward on cat(real, fake), not two of each.
+
+    Exact when D scores samples independently; a train-mode BatchNorm in D then normalises real
+    and fake together, as in the field's own forward.
+    """
+    squared = _input_gradients(discriminator, torch.cat([real, fake])).pow(2).sum(1)
+    n = real.shape[0]
+    return 0.5 * r1_gamma * squared[:n].mean() + 0.5 * r2_gamma * squared[n:].mean()
 
 
 class GradientPenalty:
@@ -116,16 +155,25 @@ class GANLoss:
     gets both players' gradients from one backward pass. Penalties never
     depend on G (they detach ``fake``), so they keep a zero-sum loss zero-sum.
 
+    ``relativistic`` losses pair the i-th real with the i-th fake sample, and their
+    :meth:`generator_loss` takes the real scores as well: ``generator_loss(d_fake, d_real)``.
+
     Args:
         r1_gamma: weight of the R1 penalty on real data added to L_D,
             ``>= 0`` (0 disables it and its extra D forward).
+        r2_gamma: weight of the R2 penalty on (detached) generated data added
+            to L_D, ``>= 0`` (0 disables it). With both, one extra D forward
+            on cat(real, fake) serves the two.
     """
 
     zero_sum: ClassVar[bool] = False
+    relativistic: ClassVar[bool] = False
 
-    def __init__(self, *, r1_gamma: float = 0.0) -> None:
+    def __init__(self, *, r1_gamma: float = 0.0, r2_gamma: float = 0.0) -> None:
         self.r1_gamma = _check_non_negative("r1_gamma", r1_gamma)
+        self.r2_gamma = _check_non_negative("r2_gamma", r2_gamma)
         self._r1 = R1Penalty(self.r1_gamma) if self.r1_gamma > 0 else None
+        self._r2 = R2Penalty(self.r2_gamma) if self.r2_gamma > 0 else None
 
     def discriminator_loss(self, d_real: Tensor, d_fake: Tensor) -> Tensor:
         raise NotImplementedError
@@ -145,12 +193,17 @@ class GANLoss:
 
         It has a graph to D's parameters (``create_graph=True``) and none to G's.
         """
-        if self._r1 is None:
-            return None
-        return self._r1(discriminator, real, fake, generator=generator)
+        if self._r1 is not None and self._r2 is not None:
+            return _r1_plus_r2(discriminator, real, fake, self.r1_gamma, self.r2_gamma)
+        if self._r1 is not None:
+            return self._r1(discriminator, real, fake, generator=generator)
+        if self._r2 is not None:
+            return self._r2(discriminator, real, fake, generator=generator)
+        return None
 
     def _hparams(self) -> dict[str, float]:
-        return {"r1_gamma": self.r1_gamma}
+        # r2_gamma only when set: the reprs of R2-free losses (kept in checkpoints' hparams) stay as they were.
+        return {"r1_gamma": self.r1_gamma, **({"r2_gamma": self.r2_gamma} if self.r2_gamma else {})}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self._hparams().items())
@@ -227,11 +280,12 @@ class WGANGPLoss(WGANLoss):
     Args:
         gp_weight: weight of the gradient penalty, ``>= 0`` (10 in the paper).
         r1_gamma: optional R1 weight on top, ``>= 0``.
+        r2_gamma: optional R2 weight on top, ``>= 0``.
     """
 
-    def __init__(self, gp_weight: float = 10.0, *, r1_gamma: float = 0.0) -> None:
+    def __init__(self, gp_weight: float = 10.0, *, r1_gamma: float = 0.0, r2_gamma: float = 0.0) -> None:
         self.gp_weight = _check_non_negative("gp_weight", gp_weight)
-        super().__init__(r1_gamma=r1_gamma)
+        super().__init__(r1_gamma=r1_gamma, r2_gamma=r2_gamma)
         self._gp = GradientPenalty(self.gp_weight) if self.gp_weight > 0 else None
 
     def penalty(
@@ -265,6 +319,38 @@ class HingeLoss(GANLoss):
         return -d_fake.mean()
 
 
+def _check_paired(d_real: Tensor, d_fake: Tensor) -> None:
+    if d_real.shape != d_fake.shape:
+        raise ValueError(
+            f"Invalid batch for loss rpgan: {d_real.numel()} real and {d_fake.numel()} fake samples; "
+            "relativistic pairing needs one fake per real sample (latent_bank_factor: null or 1)"
+        )
+
+
+class RpGANLoss(GANLoss):
+    """Relativistic pairing GAN (Jolicoeur-Martineau 2019), the loss of R3GAN (Huang et al., NeurIPS 2024).
+
+    Each real sample is paired with the fake drawn beside it (same index in the micro-batch):
+        L_D = E softplus(-(s_real - s_fake)),   L_G = E softplus(-(s_fake - s_real))
+    as in R3GAN's ``R3GAN/Trainer.py``. For G's parameters s_real is a constant (it
+    depends on G only through a train-mode BatchNorm in D, whose coupling the field keeps).
+    Not zero-sum: L_G = L_D + E (s_real - s_fake). Huang et al. prove local convergence with
+    R1 + R2 (``r1_gamma = r2_gamma`` in R3GAN); D's bias cancels in both losses.
+    """
+
+    relativistic: ClassVar[bool] = True
+
+    def discriminator_loss(self, d_real: Tensor, d_fake: Tensor) -> Tensor:
+        _check_paired(d_real, d_fake)
+        return F.softplus(-(d_real - d_fake)).mean()
+
+    def generator_loss(self, d_fake: Tensor, d_real: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        if d_real is None:
+            raise ValueError("Invalid call: rpgan's generator_loss needs the paired real scores, d_real")
+        _check_paired(d_real, d_fake)
+        return F.softplus(-(d_fake - d_real)).mean()
+
+
 @torch.no_grad()
 def clip_weights_(module: nn.Module, clip: float) -> None:
     """Project ``module``'s trainable parameters onto the box [-clip, clip], in place.
@@ -286,6 +372,7 @@ def clip_weights_(module: nn.Module, clip: float) -> None:
         torch._foreach_clamp_max_(params, clip)
 
 
+#: Losses whose L_G is a function of the fake scores alone: ``generator_loss(d_fake)``.
 LOSSES: dict[str, type[GANLoss]] = {
     "minimax": MinimaxLoss,
     "non_saturating": NonSaturatingLoss,
@@ -293,10 +380,13 @@ LOSSES: dict[str, type[GANLoss]] = {
     "wgan_gp": WGANGPLoss,
     "hinge": HingeLoss,
 }
+#: Losses on paired (real, fake) scores: ``generator_loss(d_fake, d_real)``.
+RELATIVISTIC_LOSSES: dict[str, type[GANLoss]] = {"rpgan": RpGANLoss}
 
 
 def get_loss(name: str, **kwargs: float) -> GANLoss:
     """Build a loss by short name, e.g. ``get_loss("wgan_gp", gp_weight=10.0)``."""
-    if name not in LOSSES:
-        raise ValueError(f"Unknown loss: {name!r}; expected one of {sorted(LOSSES)}")
-    return LOSSES[name](**kwargs)
+    losses = {**LOSSES, **RELATIVISTIC_LOSSES}
+    if name not in losses:
+        raise ValueError(f"Unknown loss: {name!r}; expected one of {sorted(losses)}")
+    return losses[name](**kwargs)
