@@ -24,12 +24,14 @@ the module's defaults (uniform + EMA 0.999 of G, buffers included) and the basel
 
     python bench/step_overhead.py --model dcgan28 --iterations 50 --repeats 5 --out bench/results/dcgan28.md
 
-``--guards on`` (default) runs the module with its fault guards, as the command does: the finite check of every
-evaluation (``check_finite``) and the signal agreement (:class:`~lightning_gan.callbacks.SignalCheckpoint`, one
-all-reduce of one integer per iteration on several ranks, nothing on one). ``--guards both`` times the module with
-and without them in the same repetition (each paired with its own baseline iterations) and reports their cost as
-the ratio of the two ratios, then times the agreement's all-reduce on 2 gloo processes against the all-reduce of
-the model's gradients, the collective every evaluation makes anyway.
+The module runs with its fault guards, as the command does: the finite check of every evaluation
+(``check_finite``) and the signal agreement (:class:`~lightning_gan.callbacks.SignalCheckpoint`, one all-reduce of
+one integer per iteration on several ranks, nothing on one). ``--compare FEATURE`` times the module with and without
+one feature in the same repetition (each fit paired with its own baseline iterations) and reports the feature's cost
+as the ratio of the two ratios: ``guards``, ``lookahead`` (Lookahead-minmax, k 5, alpha 0.5) or ``schedule``
+(inverse-square-root decay with warm-up for both players). ``--compare guards`` also times the agreement's
+all-reduce on 2 gloo processes against the all-reduce of the model's gradients, the collective every evaluation
+makes anyway.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from torch import Tensor, nn
 
 from lightning_gan import distributed
 from lightning_gan.callbacks import SignalCheckpoint
+from lightning_gan.lookahead import LookaheadConfig
 from lightning_gan.models import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
 from lightning_gan.module import GANModule
 from lightning_gan.optim import Adam, ExtraAdam, OptimisticAdam, PastExtraAdam
@@ -226,14 +229,19 @@ class PairedTimer(pl.Callback):
         return sum(base) / iterations, fit, step
 
 
+COMPARED = ("none", "guards", "lookahead", "schedule")
+
+
 def make_module(generator: nn.Module, discriminator: nn.Module, scheme: str, averaging: bool,
-                guards: bool = True) -> GANModule:
+                guards: bool = True, lookahead: bool = False, schedule: bool = False) -> GANModule:
     kind, n_dis, _ = SCHEMES[scheme]
     extra = {} if averaging else {"uniform_average": False, "ema_decay": None}
+    timing = {"schedule": "inverse_sqrt", "warmup": 10, "t0": 100.0} if schedule else {}
     return GANModule(generator, discriminator, loss="non_saturating", scheme=kind, n_dis=n_dis,
-                     g_optimizer=OptimizerConfig(rule="adam", lr=LR_G, momentum=BETAS[0], beta2=BETAS[1]),
-                     d_optimizer=OptimizerConfig(rule="adam", lr=LR_D, momentum=BETAS[0], beta2=BETAS[1]),
-                     seed=0, check_finite=guards, **extra)
+                     g_optimizer=OptimizerConfig(rule="adam", lr=LR_G, momentum=BETAS[0], beta2=BETAS[1], **timing),
+                     d_optimizer=OptimizerConfig(rule="adam", lr=LR_D, momentum=BETAS[0], beta2=BETAS[1], **timing),
+                     seed=0, check_finite=guards, lookahead=LookaheadConfig(k=5, alpha=0.5) if lookahead else None,
+                     **extra)
 
 
 def fit_module(module: GANModule, batches: list[Tensor], iterations: int, timer: PairedTimer | None = None,
@@ -286,16 +294,19 @@ class Row:
     step_ratio: float
     max_param_diff: float
     repeats: int
-    guards: str = "on"
-    guard_cost: float | None = None  # (ratio with guards) / (ratio without), median over repeats
-    guard_cost_min: float | None = None
-    guard_cost_max: float | None = None
+    compared: str = "none"
+    feature_cost: float | None = None  # (ratio with the compared feature) / (ratio without), median over repeats
+    feature_cost_min: float | None = None
+    feature_cost_max: float | None = None
 
 
 def _timed_fit(g0: nn.Module, d0: nn.Module, scheme: str, batches: list[Tensor], *, batch_size: int, warmup: int,
-               iterations: int, averaging: bool, guards: bool, before: bool) -> tuple[float, float, float]:
+               iterations: int, averaging: bool, compared: str, on: bool, before: bool) -> tuple[float, float, float]:
+    """One fit of the module (with the compared feature ``on`` or off) paired with baseline iterations."""
     loop = HandLoop(copy.deepcopy(g0), copy.deepcopy(d0), scheme, batch_size=batch_size, averaging=averaging)
-    module = make_module(copy.deepcopy(g0), copy.deepcopy(d0), scheme, averaging, guards)
+    guards = on or compared != "guards"
+    module = make_module(copy.deepcopy(g0), copy.deepcopy(d0), scheme, averaging, guards=guards,
+                         lookahead=on and compared == "lookahead", schedule=on and compared == "schedule")
     timer = PairedTimer(loop, batches, before=before)
     gc.collect()
     fit_module(module, batches, warmup + iterations + 1, timer, guards)
@@ -303,26 +314,27 @@ def _timed_fit(g0: nn.Module, d0: nn.Module, scheme: str, batches: list[Tensor],
 
 
 def bench_one(model: str, scheme: str, *, batch_size: int, warmup: int, iterations: int, repeats: int,
-              averaging: bool, guards: str = "on") -> Row:
+              averaging: bool, compared: str = "none") -> Row:
     g0, d0, shape = make_players(model)
     batches = make_batches(shape, _draws(scheme) * batch_size)
-    variants = {"on": [True], "off": [False], "both": [True, False]}[guards]
+    variants = [True] if compared == "none" else [True, False]
     timings: dict[bool, list[tuple[float, float, float]]] = {v: [] for v in variants}
     for r in range(repeats):
         for v in variants if r % 2 == 0 else variants[::-1]:
             timings[v].append(_timed_fit(g0, d0, scheme, batches, batch_size=batch_size, warmup=warmup,
-                                         iterations=iterations, averaging=averaging, guards=v,
+                                         iterations=iterations, averaging=averaging, compared=compared, on=v,
                                          before=r % 2 == 1))  # A B A B ..., then B A B A ...
-    base, fit, step = (list(xs) for xs in zip(*timings[variants[0]]))
+    base, fit, step = (list(xs) for xs in zip(*timings[False if compared != "none" else True]))
     ratios = [f / b for f, b in zip(fit, base)]
     ms = lambda xs: 1e3 * statistics.median(xs)  # noqa: E731
     row = Row(model, scheme, ms(base), ms(fit), ms(step), statistics.median(ratios), min(ratios), max(ratios),
               statistics.median(s / b for s, b in zip(step, base)),
-              max_param_difference(model, scheme, batch_size), repeats, guards)
-    if guards == "both":
+              max_param_difference(model, scheme, batch_size), repeats, compared)
+    if compared != "none":
         costs = [(f_on / b_on) / (f_off / b_off)
                  for (b_on, f_on, _), (b_off, f_off, _) in zip(timings[True], timings[False])]
-        row.guard_cost, row.guard_cost_min, row.guard_cost_max = statistics.median(costs), min(costs), max(costs)
+        row.feature_cost, row.feature_cost_min, row.feature_cost_max = (statistics.median(costs), min(costs),
+                                                                        max(costs))
     return row
 
 
@@ -382,12 +394,12 @@ def markdown(rows: list[Row], header: str) -> str:
         lines.append(f"| {r.scheme} | {r.model} | {r.baseline_ms:.3f} | {r.module_fit_ms:.3f} | "
                      f"{r.ratio:.3f} ({r.ratio_min:.3f}-{r.ratio_max:.3f}) | {r.module_step_ms:.3f} | "
                      f"{r.step_ratio:.3f} | {r.module_fit_ms - r.module_step_ms:.3f} | {r.max_param_diff:.1e} |")
-    if any(r.guard_cost is not None for r in rows):
-        lines += ["", "Fault guards (finite check + signal agreement), module-with / module-without, each as a ratio "
-                  "to its own paired baseline iterations:", "", "| scheme | model | cost of the guards (min-max) |",
-                  "|---|---|---|"]
-        lines += [f"| {r.scheme} | {r.model} | {r.guard_cost:.3f} ({r.guard_cost_min:.3f}-{r.guard_cost_max:.3f}) |"
-                  for r in rows if r.guard_cost is not None]
+    if any(r.feature_cost is not None for r in rows):
+        lines += ["", f"Cost of {rows[0].compared}: module-with / module-without, each as a ratio to its own paired "
+                  "baseline iterations (the table above is the module without it):", "",
+                  "| scheme | model | with / without (min-max) |", "|---|---|---|"]
+        lines += [f"| {r.scheme} | {r.model} | {r.feature_cost:.3f} ({r.feature_cost_min:.3f}-"
+                  f"{r.feature_cost_max:.3f}) |" for r in rows if r.feature_cost is not None]
     return "\n".join(lines) + "\n"
 
 
@@ -402,9 +414,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--averaging", choices=["off", "on"], default="off",
                         help="off: no averages on either side; on: module defaults (uniform + EMA of G) on both")
-    parser.add_argument("--guards", choices=["on", "off", "both"], default="on",
-                        help="the module's fault guards (finite check, signal agreement): on, off, or both to measure "
-                             "their cost")
+    parser.add_argument("--compare", choices=COMPARED, default="none",
+                        help="time the module with and without this feature: guards (finite check and signal "
+                             "agreement), lookahead (k 5, alpha 0.5) or schedule (inverse sqrt with warm-up)")
     parser.add_argument("--out", type=Path, default=None, help="write the table (.md) or rows (.json) here")
     args = parser.parse_args(argv)
 
@@ -422,7 +434,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
                 for scheme in args.schemes:
                     row = bench_one(model, scheme, batch_size=args.batch_size, warmup=args.warmup,
                                     iterations=args.iterations, repeats=args.repeats,
-                                    averaging=args.averaging == "on", guards=args.guards)
+                                    averaging=args.averaging == "on", compared=args.compare)
                     print(f"{model:8s} {scheme:18s} baseline {row.baseline_ms:8.3f} ms  module "
                           f"{row.module_fit_ms:8.3f} ms  ratio {row.ratio:.3f}", file=sys.stderr, flush=True)
                     rows.append(row)
@@ -432,7 +444,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
               f"thread(s), batch {args.batch_size}, {args.iterations} iterations x {args.repeats} repeats, "
               f"averaging {args.averaging}; medians over repeats")
     table = markdown(rows, header)
-    if args.guards == "both":
+    if args.compare == "guards":
         for model in models:
             cost = agreement_cost(model)
             table += (f"\nSignal agreement on 2 gloo ranks, {model} ({cost['parameters']:,} parameters): "
