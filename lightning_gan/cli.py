@@ -22,6 +22,7 @@ too, with an exit code a job script can act on (:mod:`lightning_gan.cli_errors`)
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
@@ -42,7 +43,8 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
 import lightning_gan.distributed  # noqa: F401  (registers strategy "game_ddp" before any Trainer is built)
 from lightning_gan import distributed
-from lightning_gan.callbacks import FinalStepCheckpoint, ImageMetrics, SampleGrid, SignalCheckpoint, SLURMRequeue
+from lightning_gan.callbacks import (FinalStepCheckpoint, ImageMetrics, RunConfigInCheckpoint, SampleGrid,
+                                    SignalCheckpoint, SLURMRequeue)
 from lightning_gan.checkpointing import with_atomic_checkpoint_io
 from lightning_gan.cli_errors import (DEFAULT_ROOT_DIR, EXIT_DIVERGED, EXIT_RANK_LOST, PROG, SEED_LOGGER, USER_ERRORS,
                                       RankLost, check_strategy, check_trainer_values, fail, full_disk_ends_run,
@@ -53,6 +55,16 @@ from lightning_gan.module import GANModule
 from lightning_gan.resume import check_model, check_trainer, given_model_values, parse_resume_allow, plan_resume
 
 __all__ = ["GANArgumentParser", "GANCLI", "main"]
+
+#: Every subcommand of ``lightning-gan``: ``fit`` is GANCLI's, the others are dispatched by :func:`main`.
+SUBCOMMANDS = ("fit", "evaluate", "sample")
+DESCRIPTION = "Train a GAN as a two-player game, score its checkpoints, draw samples from them."
+EPILOG = """\
+what each subcommand does:
+  fit        train (or resume) a run: lightning-gan fit --config configs/quickstart.yaml
+  evaluate   FID / KID / IS or toy metrics of a checkpoint: lightning-gan evaluate --ckpt PATH
+  sample     write samples of a checkpoint (grid, PNGs, npz): lightning-gan sample --ckpt PATH
+each has its own --help."""
 
 #: Default of ``--collective_timeout``: long enough for a slow checkpoint write or SVRE snapshot pass of one rank.
 DEFAULT_COLLECTIVE_TIMEOUT_S = 300
@@ -127,11 +139,12 @@ class GANCLI(LightningCLI):
     """
 
     def __init__(self, args: Sequence[str] | dict[str, Any] | None = None, run: bool = True, **kwargs: Any) -> None:
-        parser_kwargs = {"prog": PROG, "description": "Train a GAN as a two-player game (lightning-gan). "
-                                                       "Score a checkpoint: lightning-gan evaluate --help."}
+        parser_kwargs = {"prog": PROG, "description": DESCRIPTION, "epilog": EPILOG,
+                         "formatter_class": argparse.RawDescriptionHelpFormatter}
         parser_kwargs.update(kwargs.pop("parser_kwargs", {}))
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_class", GANArgumentParser)
+        kwargs.setdefault("save_config_callback", RunConfigInCheckpoint)  # config.yaml, and the same in checkpoints
         # GANModule builds its players' optimizers itself; a top-level `optimizer:` key would only mislead.
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("seed_everything_default", 0)  # reproducible unless asked otherwise
@@ -143,6 +156,11 @@ class GANCLI(LightningCLI):
         warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
         super().__init__(GANModule, GameDataModule, subclass_mode_data=True, args=args, run=run,
                          parser_kwargs=parser_kwargs, **kwargs)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """``fit`` only: Lightning's validate, test and predict need steps a GAN does not define (see ``evaluate``)."""
+        return {"fit": LightningCLI.subcommands()["fit"]}
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_argument(
@@ -340,7 +358,8 @@ class GANCLI(LightningCLI):
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of the ``lightning-gan`` console script and of ``python -m lightning_gan``.
 
-    ``lightning-gan evaluate ...`` goes to :mod:`lightning_gan.evaluate`; everything else to :class:`GANCLI`.
+    ``lightning-gan evaluate ...`` goes to :mod:`lightning_gan.evaluate`, ``sample ...`` to :mod:`lightning_gan.sample`,
+    ``fit`` and the options to :class:`GANCLI`; any other first word is refused in one line.
     """
     argv = list(sys.argv[1:] if args is None else args)
     if argv[:1] == ["evaluate"]:
@@ -348,6 +367,13 @@ def main(args: Sequence[str] | None = None) -> None:
 
         evaluate(argv[1:])
         return
+    if argv[:1] == ["sample"]:
+        from lightning_gan.sample import main as sample  # here: sample imports this module
+
+        sample(argv[1:])
+        return
+    if argv and not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS:
+        fail(f"Invalid subcommand: {argv[0]!r}; expected one of {', '.join(SUBCOMMANDS)} (see {PROG} --help)")
     try:
         with full_disk_ends_run():
             GANCLI(args=args)

@@ -3,10 +3,9 @@
     lightning-gan evaluate --ckpt runs/mnist_extragradient/checkpoints/last.ckpt --num-samples 10000
     lightning-gan evaluate --ckpt last.ckpt --generator ema --extractor inception --weights pt_inception.pth
 
-A checkpoint holds no player architectures (GANModule leaves them out of its hyper-parameters), so the
-module and the data module are rebuilt from the run's ``config.yaml`` through :class:`~lightning_gan.cli.GANCLI`
-(validated as ``fit`` validates), then the checkpoint's weights are loaded strictly. Without ``--config``
-the newest ``<run dir>/version_<k>/config.yaml`` next to ``<run dir>/checkpoints/`` is used.
+The module and the data module are rebuilt from the run's config and the checkpoint's weights loaded strictly
+(:mod:`lightning_gan.run_files`): the config stored in the checkpoint, else (older checkpoints) the newest
+``<run dir>/version_<k>/config.yaml``; ``--config`` overrides both.
 
 Everything that can be checked without data (arguments, checkpoint file, config, generators, the
 extractor's weights) is checked before any data is loaded or any sample drawn; bad input is one line
@@ -19,39 +18,31 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import inspect
 import json
 import math
-import re
 import sys
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn, get_args
 
 import torch
-import yaml
-from lightning.pytorch import Trainer
-from lightning.pytorch.cli import LightningCLI
 from torch import Tensor
 
-from lightning_gan.cli import GANCLI
 from lightning_gan.cli_errors import PROG, USER_ERRORS, fail
 from lightning_gan.data import GameDataModule, GaussianMixtureDataModule
 from lightning_gan.metrics import ExtractorSpec, fidelity_metrics, mixture_metrics, resolve_extractor
 from lightning_gan.metrics.fidelity import EXTRACTORS, METRICS
 from lightning_gan.metrics.image_metrics import default_extractor
 from lightning_gan.module import GANModule, GeneratorChoice
+from lightning_gan.run_files import (check_overrides, find_config, kept_generators, load_run, load_weights,
+                                     read_checkpoint, run_config)
 
 __all__ = ["Scorer", "build_parser", "evaluate", "find_config", "format_line", "load_run", "load_weights", "main",
            "real_cache_name"]
 
 GENERATORS: tuple[str, ...] = get_args(GeneratorChoice)
 TOY_METRICS = ("modes", "mmd", "energy")  # modes: modes covered and share of high-quality samples
-#: Arguments of the ``fit`` subcommand itself (ckpt_path, ...): in a run's config.yaml, unknown to a run=False parser.
-_FIT_ONLY = [name for name in inspect.signature(Trainer.fit).parameters
-             if name != "self" and name not in LightningCLI.subcommands()["fit"]]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -81,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--real-split", choices=("train", "test"), default="train",
                    help="real samples from the training or the held-out split")
     p.add_argument("--config", type=Path, metavar="YAML",
-                   help="the run's config.yaml (default: the newest version_<k>/config.yaml)")
+                   help="the run's config.yaml (default: the one stored in the checkpoint, else the "
+                   "newest version_<k>/config.yaml)")
     p.add_argument("--out", type=Path, metavar="JSON", help="results JSON (default: <ckpt dir>/<ckpt stem>.eval.json)")
     p.add_argument("--batch-size", type=int, default=256, metavar="B", help="generator and feature-extractor batch")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu",
@@ -102,10 +94,7 @@ def _names(values: Sequence[str] | None) -> list[str]:
 
 def _check_arguments(args: argparse.Namespace, overrides: list[str]) -> None:
     """Everything checkable from the arguments alone, before the config or the checkpoint is read."""
-    bad = [token for token in overrides if token.startswith("-") and not token.startswith(("--model.", "--data."))]
-    if bad or (overrides and not overrides[0].startswith("-")):
-        fail(f"unrecognized arguments: {' '.join(bad or overrides[:1])}; only --model.* and --data.* config "
-             f"overrides may follow the evaluate options")
+    check_overrides(overrides, "evaluate")
     unknown = [m for m in _names([args.metrics] if args.metrics else None) if m not in METRICS + TOY_METRICS]
     if unknown:
         fail(f"Invalid metrics: {unknown}; expected a comma list of {', '.join(METRICS)} (images) or "
@@ -124,71 +113,6 @@ def _check_arguments(args: argparse.Namespace, overrides: list[str]) -> None:
     if args.config is not None and not args.config.is_file():
         fail(f"Config {args.config} not found; expected the config.yaml that `{PROG} fit` wrote into "
              f"<run dir>/version_<k>/")
-
-
-# -- the run: config, module, data ------------------------------------------------------------------
-
-def find_config(ckpt: Path) -> Path:
-    """The newest ``version_<k>/config.yaml`` of the checkpoint's run (``<run dir>/checkpoints/x.ckpt``)."""
-    run_dir = ckpt.resolve().parent
-    if run_dir.name == "checkpoints":
-        run_dir = run_dir.parent
-    versions = [(int(m.group(1)), p) for p in run_dir.glob("version_*/config.yaml")
-                if (m := re.fullmatch(r"version_(\d+)", p.parent.name))]
-    if not versions:
-        raise FileNotFoundError(f"No config found for checkpoint {ckpt}: no {run_dir}/version_<k>/config.yaml; pass "
-                                f"the run's config with --config")
-    return max(versions)[1]
-
-
-class _BuildCLI(GANCLI):
-    """GANCLI that builds module and data module only: no Trainer (it would open a logger's version folder)."""
-
-    def instantiate_trainer(self, **kwargs: Any) -> None:  # type: ignore[override]
-        return None
-
-
-def load_run(ckpt: Path, config: Path, overrides: Sequence[str] = ()) -> tuple[GANModule, GameDataModule]:
-    """Module and data module from ``config`` (validated as ``fit`` does, data not loaded yet), no weights yet."""
-    try:
-        settings = yaml.safe_load(config.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise ValueError(f"Invalid config {config}: cannot be read as YAML ({error})") from error
-    if not isinstance(settings, dict) or "model" not in settings:
-        raise ValueError(f"Invalid config {config}: expected the config.yaml that `{PROG} fit` writes")
-    for key in _FIT_ONLY:
-        settings.pop(key, None)  # e.g. ckpt_path: not an argument of the run=False parser
-    args = ["--config", yaml.safe_dump(settings), "--seed_everything=false", "--torch_num_threads=null", *overrides]
-    with warnings.catch_warnings():  # it warns that `args` and sys.argv (`evaluate ...`) are both given
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-        cli = _BuildCLI(args=args, run=False)
-    return cli.model, cli.datamodule
-
-
-def load_weights(module: GANModule, ckpt: Path, config: Path) -> dict[str, Any]:
-    """Loads the checkpoint's weights into ``module`` strictly; returns step, F-evaluations and images seen."""
-    try:
-        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same message
-        raise ValueError(f"Invalid checkpoint {ckpt}: cannot be read ({type(error).__name__}: {error})") from error
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "lightning_gan" not in checkpoint:
-        raise ValueError(f"Invalid checkpoint {ckpt}: no 'state_dict' and 'lightning_gan' entries; expected a "
-                         f"checkpoint written by `{PROG} fit`")
-    try:
-        module.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as error:
-        detail = " ".join(str(error).split())
-        raise ValueError(f"Checkpoint {ckpt} does not match config {config}: "
-                         f"{detail[:400]}{'...' if len(detail) > 400 else ''}; pass the run's own config with "
-                         f"--config") from error
-    state = checkpoint["lightning_gan"]
-    return {"global_step": int(checkpoint.get("global_step", 0)), "evaluations": state.get("evaluations"),
-            "images_seen": state.get("images_seen")}
-
-
-def kept_generators(module: GANModule) -> list[str]:
-    """``live`` and the averages this run keeps."""
-    return ["live", *(g for g in ("uniform", "ema") if module.generator_averages.get(g) is not None)]
 
 
 # -- samples and scores -----------------------------------------------------------------------------
@@ -293,12 +217,15 @@ def _plan(args: argparse.Namespace, module: GANModule, datamodule: GameDataModul
 def evaluate(args: argparse.Namespace, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Runs the evaluation described by the parsed arguments; prints one line per generator, returns the report."""
     ckpt = args.ckpt.resolve()
-    config = args.config.resolve() if args.config is not None else find_config(ckpt)
+    checkpoint = read_checkpoint(ckpt)
+    config = run_config(ckpt, args.config, checkpoint)
     if args.config is None:
-        _note(f"config {config} (newest version of the run; pass --config to choose)")
+        _note(f"config {config.label}" if config.path is None
+              else f"config {config.path} (the checkpoint stores none: newest version of the run; pass --config to "
+                   "choose)")
     module, datamodule = load_run(ckpt, config, overrides)
     generators, scorer = _plan(args, module, datamodule)  # the extractor's weights are checked here, before any data
-    progress = load_weights(module, ckpt, config)
+    progress = load_weights(module, ckpt, config, checkpoint)
     module.to(args.device)
     n = args.num_samples
     real = datamodule.sample_real(n, split=args.real_split)
@@ -315,7 +242,7 @@ def evaluate(args: argparse.Namespace, overrides: Sequence[str] = ()) -> dict[st
         results[which] = scorer(fake, real)
         print(format_line(which, results[which], note), flush=True)
     return {
-        "checkpoint": str(ckpt), "config": str(config), **progress,
+        "checkpoint": str(ckpt), "config": config.label, **progress,
         "data": type(datamodule).__name__, "real_split": args.real_split, "num_samples": n, "seed": args.seed,
         "extractor": extractor,
         "weights": None if scorer.spec is None else str(scorer.spec.weights),

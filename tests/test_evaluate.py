@@ -19,6 +19,7 @@ import torch.distributed as dist
 import yaml
 
 from lightning_gan import evaluate
+from lightning_gan.callbacks.run_config import CONFIG_KEY
 from lightning_gan.cli import GANCLI, main
 from lightning_gan.data import DigitsDataModule, GameDataModule, GaussianMixtureDataModule
 from lightning_gan.metrics import ENV_INCEPTION_WEIGHTS, INCEPTION_FILENAME, FidelityDigitExtractor, resolve_extractor
@@ -123,7 +124,7 @@ def test_every_kept_generator_gets_a_line_and_finite_values_in_the_json(digits_r
 
     lines = capsys.readouterr()
     assert [m.group(1) for m in map(LINE.match, lines.out.splitlines()) if m] == ["live", "uniform", "ema"], lines.out
-    assert str(digits_run.parents[1] / "version_0" / "config.yaml") in lines.err  # says which config it found
+    assert f"config stored in {digits_run.resolve()}" in lines.err  # says which config it uses
     assert report["checkpoint"] == str(digits_run.resolve()) and report["global_step"] == 10
     assert report["evaluations"] == 10 and report["images_seen"] == 10 * 32  # simultaneous: 1 F-evaluation / step
     assert (report["extractor"], report["num_samples"], report["seed"], report["real_split"]) == ("digits", 200, 3,
@@ -229,10 +230,14 @@ def test_bad_input_fails_with_one_line_and_exit_2(run, args, named, digits_run, 
 
 def test_a_config_that_does_not_match_the_checkpoint_is_refused_and_the_newest_version_is_picked(digits_run,
                                                                                                   tmp_path, capsys):
+    """A checkpoint that stores no config (written before configs were stored) falls back on the run folder."""
     run = tmp_path / "run"
     shutil.copytree(digits_run.parents[1] / "version_0", run / "version_0")
     (run / "checkpoints").mkdir()
-    ckpt = shutil.copy(digits_run, run / "checkpoints" / "last.ckpt")
+    ckpt = run / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(digits_run, weights_only=True)
+    del checkpoint[CONFIG_KEY]
+    torch.save(checkpoint, ckpt)
     config = yaml.safe_load((run / "version_0" / "config.yaml").read_text())
     config["model"]["generator"]["init_args"]["hidden_dim"] = 32
     (run / "version_10").mkdir()
