@@ -1,6 +1,6 @@
 """Step overhead: GANModule's time per game iteration / a minimal hand-written loop of the same algorithm.
 
-DESIGN.md section 5. One process, same models (deep copies of one initialisation), same batches (already in memory),
+What Lightning's loop and the module's bookkeeping cost per game iteration. One process, same models (deep copies of one initialisation), same batches (already in memory),
 same z stream, same optimizer classes (``lightning_gan.optim``: identical update math), same thread count.
 
 What is timed, per (model, scheme), in one ``trainer.fit`` per repetition, with a baseline iteration run next to
@@ -10,7 +10,7 @@ baseline goes first), so that machine noise hits both sides alike:
 * ``baseline``: one iteration of :class:`HandLoop`. Each F evaluation is one G forward, one D forward on
   ``cat(real, fake)``, then one ``torch.autograd.grad`` per player (L_D to phi, L_G to theta), the same work as
   :func:`lightning_gan.game.field.gan_field`. Alternating is the textbook loop (D steps on ``G(z)`` under
-  ``no_grad``, then a G step on ``D(G(z))``): player-wise evaluations, DESIGN.md section 1.
+  ``no_grad``, then a G step on ``D(G(z))``, as in Goodfellow et al. 2014, Algorithm 1): player-wise evaluations.
 * ``module (fit)``: the time between the ``on_train_batch_start`` of iteration ``warmup`` and that of iteration
   ``warmup + iterations`` of ``trainer.fit`` on an in-memory loader of the same pre-built batches, minus the
   interleaved baseline iterations, divided by ``iterations``: everything Lightning and we do per iteration (batch

@@ -1,14 +1,16 @@
 """Distributed training for two-player games: a DDP strategy without the DDP wrapper, and all collectives.
 
-This is the only module of lightning-gan that talks to ``torch.distributed`` (STYLE.md pattern 8). It holds:
+This is the only module of lightning-gan that talks to ``torch.distributed``, so that every collective a rank can
+block in is in one file. It holds:
 
 * :class:`GameDDPStrategy` (registered as ``"game_ddp"``): Lightning's :class:`~lightning.pytorch.strategies.DDPStrategy`
   minus the :class:`~torch.nn.parallel.DistributedDataParallel` wrapper. Lightning still creates the process group
   (gloo on CPU, NCCL on GPU), reads the cluster environment (SLURM, torchelastic, ...), launches processes and adds
   the ``DistributedSampler``; at the start of fitting rank 0's parameters and buffers are broadcast once. Gradients
   are then synchronised by the LightningModule itself, one fused all-reduce per evaluation of the game vector field
-  (DESIGN.md section 3), because a DDP reducer around a module with two players and several backward passes per
-  step syncs the wrong thing or fails with "unused parameters" (DESIGN.md section 7).
+  (one ``training_step`` is one game iteration, see :class:`lightning_gan.module.GANModule`), because DDP's reducer
+  syncs in backward hooks once per forward: with two players and several backward passes per iteration (e.g.
+  extragradient's extrapolation, then its update) it syncs the wrong gradients or fails with "unused parameters".
 * Collective helpers: :func:`all_reduce_mean_`, :func:`all_reduce_sum_`, :func:`broadcast_tensors_`,
   :func:`sync_buffers_`, :func:`reduce_boolean_decision`, :func:`agree_max` and :func:`check_ddp_consistency`. Each
   sends one flat buffer per (device, dtype) group, never one message per parameter, and makes no collective call at
@@ -206,7 +208,8 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
       ``ValueError``. Every forward of a SyncBatchNorm layer is a collective, so all ranks must run the same forwards.
     * Otherwise each rank normalises with its own micro-batch statistics and running buffers drift apart; call
       :func:`sync_buffers_` (rank 0's buffers) before evaluation and checkpointing.
-    * Prefer one discriminator forward on ``cat(real, fake)`` over two forwards per evaluation (DESIGN.md section 7).
+    * Prefer one discriminator forward on ``cat(real, fake)`` over two forwards per evaluation: real and fake are
+      then normalised with the same statistics, and SyncBatchNorm makes one collective per evaluation, not two.
     """
     return nn.SyncBatchNorm.convert_sync_batchnorm(module)
 
@@ -346,7 +349,8 @@ def sync_buffers_(module: nn.Module, src: int = 0) -> None:
 def reduce_boolean_decision(flag: bool, all: bool = True) -> bool:  # noqa: A002 (same signature as Lightning's)
     """Agree on a decision across ranks: logical AND (``all=True``) or OR (``all=False``) with one ``all_reduce``.
 
-    For stop/save/snapshot decisions that would hang the job if only some ranks took them (STYLE.md pattern 11).
+    For stop/save/snapshot decisions that would hang the job if only some ranks took them (a collective or a save
+    barrier that some ranks never enter waits until the timeout).
     """
     if world_size() == 1:
         return bool(flag)

@@ -371,6 +371,8 @@ class GANModule(pl.LightningModule):
                 raise DivergenceError(f"Diverged by step {step}: {bad} is not finite; not saving this state "
                                       "(the checkpoints on disk are from before)")
         tables = self.latent_tables.state_dict()
+        if self._trainer is not None:
+            _record_epoch_as_unfinished(self.trainer, checkpoint)
         checkpoint["lightning_gan"] = {
             "latents": self.latents.state_dict(),
             "penalty_rng": self.penalty_rng.get_state(),
@@ -396,6 +398,40 @@ class GANModule(pl.LightningModule):
         if self.svre is not None:
             self.svre.load_extra_state(state["svre"])
             self._game = None  # rebind the estimator to the restored state
+
+
+def _record_epoch_as_unfinished(trainer: pl.Trainer, checkpoint: dict[str, Any]) -> None:
+    """Save the epoch being trained as not yet finished, whatever hook saves, so that a resume counts it once.
+
+    Lightning 2.6.6 resumes exactly only a checkpoint saved mid-epoch in ``on_train_batch_end``. Saved at the
+    epoch's last batch, it counts that epoch twice (``FitLoop.reset`` finishes it, then ``advance`` runs an empty
+    one); saved in ``on_train_end`` after an epoch cut short by ``max_steps`` or a stop, the partial epoch is
+    already counted as finished; saved in ``on_train_end`` after a full epoch, ``FitLoop`` does not restart and
+    ignores the loader state (the sampler replays pass 0). Recorded as "started, not processed" with every batch
+    done (and ``is_last_batch`` cleared), all three resume as the uninterrupted run: the epoch loop finds its
+    batches done, the fit loop closes the epoch once, the loader state is restored. Cost: an epoch that had
+    ended runs its ``on_train_epoch_end`` hooks again on resume. Read with lightning 2.6.6's ``fit_loop.py`` and
+    ``training_epoch_loop.py``.
+    """
+    fit = checkpoint.get("loops", {}).get("fit_loop")
+    if not trainer.training or not fit or "epoch_progress" not in fit:
+        return
+    epochs, batches = fit["epoch_progress"], fit["epoch_loop.batch_progress"]
+    started = epochs["current"]["started"]
+    if started < 1 or epochs["current"]["ready"] != started:
+        return  # before the first epoch, or between an epoch's ready and started
+    counted = epochs["current"]["processed"] == started
+    at_end = trainer.fit_loop.epoch_loop._num_ready_batches_reached()
+    if not (counted or at_end):
+        return  # mid-epoch, in on_train_batch_end: Lightning's own case
+    for part in ("total", "current"):
+        epochs[part]["processed"] = epochs[part]["completed"] = epochs[part]["started"] - 1
+    if batches["current"]["completed"] != batches["current"]["processed"]:  # saved inside on_train_batch_end
+        for part in ("total", "current"):
+            batches[part]["completed"] = batches[part]["processed"]
+        fit["epoch_loop.state_dict"]["_batches_that_stepped"] += 1  # Lightning adds it after this hook
+    batches["is_last_batch"] = False
+    checkpoint["epoch"] = epochs["current"]["completed"]
 
 
 def _make_loss(loss: str | GANLoss, *, gp_weight: float, r1_gamma: float, r2_gamma: float,

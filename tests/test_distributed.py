@@ -137,7 +137,7 @@ class _TwoPlayers(pl.LightningModule):
             p.grad = grad
         g_opt.step()
         d_opt.step()
-        # raw optimizers leave global_step at 0: count one step per game iteration (DESIGN.md section 3)
+        # raw optimizers leave global_step at 0: count one step per game iteration (as GANModule._count_iteration)
         progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
         progress.increment_ready()
         progress.increment_completed()

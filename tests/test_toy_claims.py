@@ -495,7 +495,7 @@ def test_optimistic_needs_eta_below_two_thirds_over_lambda_max_on_nonconvex_dira
 class GameDriver:
     """Feeds ``game.field()`` into ``.grad`` and steps one optimizer per player.
 
-    The iteration schemes of DESIGN.md in miniature: where F is evaluated and who steps when.
+    The iteration schemes of :mod:`lightning_gan.schemes` in miniature: where F is evaluated and who steps when.
     """
 
     def __init__(self, game: ToyGame, make_optimizer: Callable, **kwargs) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sized
+from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -23,7 +24,21 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lightning_gan.data.sampler import GameSampler
 
-__all__ = ["GameDataModule", "IndexedTensorDataset", "ShardSampler", "to_unit_range"]
+__all__ = ["REPOSITORY_ROOT", "GameDataModule", "IndexedTensorDataset", "ShardSampler", "resolve_root",
+           "to_unit_range"]
+
+
+#: The folder that holds the ``lightning_gan`` package: the repository root of a clone (or an editable install).
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+
+
+def resolve_root(root: str | Path) -> Path:
+    """A data module's ``root`` as an absolute path: ``~`` expanded, and a relative root taken relative to
+    :data:`REPOSITORY_ROOT`, not to the current directory, so that a config's ``root: ../shared/data/mnist`` names
+    the same folder from wherever the command runs and whichever folder the config was copied to (a run's saved
+    config, a checkpoint's). Give an absolute path for data outside the clone, or with a non-editable install."""
+    path = Path(root).expanduser()
+    return (path if path.is_absolute() else REPOSITORY_ROOT / path).resolve()
 
 
 def to_unit_range(images: Tensor) -> Tensor:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lightning_gan.data.base import GameDataModule, IndexedTensorDataset
+from lightning_gan.data.base import GameDataModule, IndexedTensorDataset, resolve_root
 
 __all__ = ["CIFAR10DataModule", "read_cifar_batch"]
 
@@ -49,7 +49,8 @@ class CIFAR10DataModule(GameDataModule):
         val_labels: Class of every test image (int64).
 
     Args:
-        root: The ``cifar-10-batches-py`` folder, or a folder that contains it.
+        root: The ``cifar-10-batches-py`` folder, or a folder that contains it; a relative one is relative to the
+            repository root (:func:`~lightning_gan.data.base.resolve_root`).
         batch_size: Micro-batch per rank and per draw.
         num_workers: DataLoader worker processes.
         seed: Seed of the shuffling.
@@ -62,7 +63,7 @@ class CIFAR10DataModule(GameDataModule):
         self.val_labels: Tensor | None = None
 
     def _folder(self) -> Path:
-        root = Path(self.root).expanduser()
+        root = resolve_root(self.root)
         if (root / "cifar-10-batches-py").is_dir():
             root = root / "cifar-10-batches-py"
         if not root.is_dir():

@@ -12,7 +12,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lightning_gan.data.base import GameDataModule, to_unit_range
+from lightning_gan.data.base import GameDataModule, resolve_root, to_unit_range
 
 __all__ = ["ImageFolderDataModule", "ImageFileDataset"]
 
@@ -85,7 +85,8 @@ class ImageFolderDataModule(GameDataModule):
     on every rank and every start; set it false to skip that for very large folders.
 
     Args:
-        root: Folder to search.
+        root: Folder to search; a relative one is relative to the repository root
+            (:func:`~lightning_gan.data.base.resolve_root`).
         image_size: Side of the square images after resize (shorter side) and center crop.
         channels: 3 for RGB, 1 for grayscale.
         batch_size: Micro-batch per rank and per draw.
@@ -108,7 +109,7 @@ class ImageFolderDataModule(GameDataModule):
         self.verify_images = verify_images
 
     def _load(self) -> None:
-        folder = Path(self.root).expanduser()
+        folder = resolve_root(self.root)
         layout = f"expected a folder with image files ({', '.join(EXTENSIONS)}) at any depth"
         if not folder.is_dir():
             raise FileNotFoundError(f"Image folder {folder} does not exist; {layout}")

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lightning_gan.data.base import GameDataModule, IndexedTensorDataset
+from lightning_gan.data.base import GameDataModule, IndexedTensorDataset, resolve_root
 
 __all__ = ["MNISTDataModule", "read_idx"]
 
@@ -72,7 +72,8 @@ class MNISTDataModule(GameDataModule):
         val_labels: Class of every test image (int64).
 
     Args:
-        root: Folder holding the four IDX files.
+        root: Folder holding the four IDX files; a relative one is relative to the repository root
+            (:func:`~lightning_gan.data.base.resolve_root`), and errors name the absolute path.
         dataset: ``"mnist"`` or ``"fashion-mnist"`` (only changes error messages and the name in logs).
         image_size: 28 (native) or 32 (zero-padded by 2 pixels per side, i.e. black borders, as for LeNet).
         batch_size: Micro-batch per rank and per draw.
@@ -105,7 +106,7 @@ class MNISTDataModule(GameDataModule):
 
     def _locate(self) -> dict[str, Path]:
         """Path of each of the four files; one error naming every missing file."""
-        folder = Path(self.root).expanduser()
+        folder = resolve_root(self.root)
         label = "MNIST" if self.dataset == "mnist" else "Fashion-MNIST"
         if not folder.is_dir():
             raise FileNotFoundError(f"{label} folder {folder} does not exist; {self._layout_hint()}")

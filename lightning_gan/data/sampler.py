@@ -3,9 +3,10 @@
 It is a ``DistributedSampler`` (so Lightning leaves it in place, also on one process) with two
 changes that make a resumed run see exactly the samples of an uninterrupted one:
 
-- it counts its passes itself and ignores Lightning's ``set_epoch``: Lightning resumes a checkpoint
-  taken at the last batch of an epoch two epochs later (lightning 2.6.6), which would reshuffle
-  with the wrong seed;
+- it counts its passes itself and ignores Lightning's ``set_epoch``: Lightning's epoch counter is
+  wrong after some resumes (lightning 2.6.6 counts an epoch saved at its last batch twice; GANModule
+  rewrites its checkpoints so that it does not, see ``module._record_epoch_as_unfinished``, but other
+  checkpoints may), which would reshuffle with the wrong seed;
 - its position in the pass is in ``state_dict()``, which ``StatefulDataLoader`` stores in
   checkpoints, so a resumed iterator continues mid-pass.
 """

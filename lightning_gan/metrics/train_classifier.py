@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lightning_gan.metrics.train_classifier", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=sorted(DATASETS), required=True)
-    parser.add_argument("--root", help="folder of the four IDX files (mnist, fashion-mnist)")
+    parser.add_argument("--root", help="folder of the four IDX files (mnist, fashion-mnist); a relative one is "
+                        "relative to the repository root")
     parser.add_argument("--out", required=True, help="weights file to write (or to test with --test-only)")
     parser.add_argument("--epochs", type=int, help="passes over the training split (default per data set)")
     parser.add_argument("--seed", type=int, default=0)
