@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from lightning_gan import distributed
 from lightning_gan.averaging import PlayerAverages
+from lightning_gan.game.consensus import check_consensus
 from lightning_gan.game.finite import DivergenceError, first_non_finite_parameter
 from lightning_gan.game.gan import GANGame, LatentBank, LatentSampler, LatentTables, MicroBatch
 from lightning_gan.game.losses import GANLoss, clip_weights_, get_loss
@@ -63,6 +64,8 @@ class GANModule(pl.LightningModule):
         check_finite: stop with :class:`~lightning_gan.game.finite.DivergenceError` at the first iteration whose
             all-reduced field is not finite (NaN or inf), naming the player and the evaluation, and refuse to save
             non-finite parameters, so that the last checkpoint on disk stays the last finite state.
+        consensus: gamma of consensus optimization, F + gamma J^T F at every evaluation (two all-reduces each), any
+            scheme but svre; None or 0: off (see :mod:`lightning_gan.game.consensus`).
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class GANModule(pl.LightningModule):
         latent_bank_factor: int | None = None,
         seed: int = 0,
         check_finite: bool = True,
+        consensus: float | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -136,6 +140,7 @@ class GANModule(pl.LightningModule):
         self.evaluations = 0  # F evaluations at the global batch so far, SVRE's snapshot passes included
         self.images_seen = 0  # real images consumed so far, over all ranks
         self.check_finite = check_finite
+        self.consensus = check_consensus(consensus, variance_reduced=self.scheme.variance_reduced)
         self._game: GameStep | None = None
 
     # -- set-up ------------------------------------------------------------------------------------
@@ -183,7 +188,7 @@ class GANModule(pl.LightningModule):
             game = GANGame(self.generator, self.discriminator, self.loss, penalty_rng=self.penalty_rng)
             estimator = self.svre.bind(game) if self.svre is not None else None
             self._game = GameStep(game, optimizers, estimator=estimator, projection=self._project,
-                                  check_finite=self.check_finite)
+                                  check_finite=self.check_finite, consensus=self.consensus)
         return self._game
 
     def _project(self) -> None:

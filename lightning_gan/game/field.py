@@ -61,13 +61,18 @@ def flat_norm(tensors: Iterable[Tensor]) -> Tensor:
     return torch.linalg.vector_norm(torch.stack(norms))
 
 
-def _grad(output: Tensor, params: Sequence[Tensor], *, retain_graph: bool) -> list[Tensor]:
-    """d output / d params, with zeros where ``output`` does not depend on a parameter."""
+def _grad(output: Tensor, params: Sequence[Tensor], *, retain_graph: bool, create_graph: bool = False) -> list[Tensor]:
+    """d output / d params, with zeros where ``output`` does not depend on a parameter.
+
+    ``create_graph`` keeps the gradients differentiable (for J^T v products, see
+    :mod:`lightning_gan.game.consensus`); it then also retains the forward graph.
+    """
     if not params:
         return []
     if not output.requires_grad:  # e.g. D's scores do not depend on G at all
         return [torch.zeros_like(p) for p in params]
-    grads = torch.autograd.grad(output, params, retain_graph=retain_graph, allow_unused=True)
+    grads = torch.autograd.grad(output, params, retain_graph=retain_graph or create_graph,
+                                create_graph=create_graph, allow_unused=True)
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
 
@@ -115,6 +120,7 @@ def gan_field(
     generator_rng: torch.Generator | None = None,
     fast_zero_sum: bool = False,
     players: Sequence[int] = (0, 1),
+    create_graph: bool = False,
 ) -> FieldValue:
     """Evaluate F(w; xi) = (grad_theta L_G, grad_phi L_D) at the players' current parameters.
 
@@ -155,6 +161,8 @@ def gan_field(
         fast_zero_sum: use the single-backward path (see above); needs
             ``loss.zero_sum`` and a D that scores samples independently.
         players: whose gradients to compute, 0 (G) and/or 1 (D).
+        create_graph: return gradients that are differentiable in (theta, phi) (both players only), so that
+            a J^T v product can follow (consensus optimization); off, the path is unchanged.
 
     Returns:
         The field and detached losses and mean scores, as a :class:`FieldValue`.
@@ -162,6 +170,8 @@ def gan_field(
     need_g, need_d = 0 in players, 1 in players
     if not (need_g or need_d) or any(p not in (0, 1) for p in players):
         raise ValueError(f"Invalid players: {tuple(players)!r}; expected a non-empty subset of (0, 1)")
+    if create_graph and not (need_g and need_d):
+        raise ValueError(f"Invalid players: {tuple(players)!r} with create_graph=True; expected both (0, 1)")
     if not (need_g and need_d):
         return _one_player_field(generator, discriminator, loss, real, z, need_g, generator_rng)
     if fast_zero_sum:
@@ -182,13 +192,13 @@ def gan_field(
         loss_g = _generator_loss(loss, d_real, d_fake)
 
         if fast_zero_sum:
-            grads = _grad(loss_d, d_params + g_params, retain_graph=False)
+            grads = _grad(loss_d, d_params + g_params, retain_graph=False, create_graph=create_graph)
             d_grads = grads[: len(d_params)]
             g_grads = [g.neg() for g in grads[len(d_params) :]]
         else:
             # L_D to phi only: autograd prunes G's graph, so G is not traversed here.
-            d_grads = _grad(loss_d, d_params, retain_graph=True)
-            g_grads = _grad(loss_g, g_params, retain_graph=False)
+            d_grads = _grad(loss_d, d_params, retain_graph=True, create_graph=create_graph)
+            g_grads = _grad(loss_g, g_params, retain_graph=False, create_graph=create_graph)
 
     return FieldValue(
         generator_grads=g_grads,

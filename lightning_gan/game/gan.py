@@ -69,23 +69,35 @@ class GANGame:
 
         Only ``players``' gradients are computed; the others' lists are empty.
         """
+        return self._mean_field(sample, players, create_graph=False)
+
+    def graph_field(self, sample: Sequence[MicroBatch]) -> list[list[Tensor]]:
+        """Both players' F on this rank, differentiable in the parameters (for J^T v, see consensus)."""
+        return self._mean_field(sample, (0, 1), create_graph=True)
+
+    def _mean_field(self, sample: Sequence[MicroBatch], players: Sequence[int],
+                    create_graph: bool) -> list[list[Tensor]]:
         generator, discriminator = self.players
         sums: list[list[Tensor]] | None = None
         stats: list[FieldValue] = []
         for real, z in sample:
             value = gan_field(generator, discriminator, self.loss, real, z, generator_rng=self.penalty_rng,
-                              players=players)
+                              players=players, create_graph=create_graph)
             stats.append(value)
             if sums is None:
                 sums = [list(value.generator_grads), list(value.discriminator_grads)]
             else:
                 for total, grads in zip(sums, (value.generator_grads, value.discriminator_grads)):
-                    if total:
+                    if total and create_graph:  # out of place: the sums stay differentiable
+                        total[:] = [t + g for t, g in zip(total, grads)]
+                    elif total:
                         torch._foreach_add_(total, grads)
         assert sums is not None, "a sample holds at least one micro-batch"
         if len(sample) > 1:
             for grads in sums:
-                if grads:
+                if grads and create_graph:
+                    grads[:] = [g / float(len(sample)) for g in grads]
+                elif grads:
                     torch._foreach_div_(grads, float(len(sample)))
         self._record(stats)
         return sums

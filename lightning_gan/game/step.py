@@ -9,6 +9,9 @@ of :mod:`lightning_gan.game.toys`). :class:`GameStep` turns it into the
     local = estimator.correct(local, sample)          # SVRE: F(w) - F(w_snap), same sample
     all_reduce_mean_(local of the evaluated players)  # ONE collective, both players fused
     estimate = estimator.add_mean(...)                # SVRE: + mu (already global)
+
+With ``consensus`` (gamma) the evaluation is instead F + gamma J^T F from ``game.graph_field`` and two
+collectives (see :mod:`lightning_gan.game.consensus`); off, the path above is unchanged.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lightning_gan import distributed
+from lightning_gan.game.consensus import Consensus
 from lightning_gan.game.field import flat_norm
 from lightning_gan.game.finite import FiniteCheck
 from lightning_gan.schemes import BOTH
@@ -32,7 +36,8 @@ class Game(Protocol):
     def field(self, sample: Any, players: Sequence[int] = BOTH) -> Field:
         """The players' gradients (a list per player) at the current point, on this rank's sample.
 
-        Only ``players`` need be computed; lists of other players may be empty.
+        Only ``players`` need be computed; lists of other players may be empty. Consensus also needs
+        ``graph_field(sample)``: both players' gradients, differentiable in the parameters.
         """
 
 
@@ -57,6 +62,7 @@ class GameStep:
         projection: called after every parameter move (e.g. WGAN weight clipping of D).
         check_finite: record ``max |F|`` of every evaluation in :attr:`finite_check` (read once per iteration by
             the trainer, see :mod:`lightning_gan.game.finite`).
+        consensus: gamma of consensus optimization (F + gamma J^T F at every evaluation), None or 0 for off.
     """
 
     def __init__(
@@ -68,6 +74,7 @@ class GameStep:
         reduce: Callable[[Sequence[Tensor]], None] = distributed.all_reduce_mean_,
         projection: Callable[[], None] | None = None,
         check_finite: bool = False,
+        consensus: float | None = None,
     ) -> None:
         self.game = game
         self.optimizers = list(optimizers)
@@ -78,9 +85,19 @@ class GameStep:
         self.last_grads: dict[int, list[Tensor]] = {}  # for logging ||F|| (computed only when logged)
         self.evaluations = 0
         self.finite_check = FiniteCheck() if check_finite else None
+        self.consensus = Consensus(consensus) if consensus else None
+        if self.consensus is not None and estimator is not None:
+            raise ValueError(f"Invalid consensus: {consensus!r} with a variance-reduced estimator; expected null")
+        if self.consensus is not None and not hasattr(game, "graph_field"):
+            raise ValueError(f"Invalid consensus: {consensus!r}; {type(game).__name__} has no differentiable "
+                             "field (graph_field)")
 
     def evaluate(self, sample: Any, players: Sequence[int] = BOTH) -> None:
         """Evaluate the (estimated) field on ``sample``, all-reduce it in one collective, write ``.grad``."""
+        if self.consensus is not None:
+            grads = self.consensus.field(self.game, self.params, sample, players, self.reduce)
+            self._write(players, grads)
+            return
         local = self.game.field(sample, players)
         if self.estimator is not None:
             local = self.estimator.correct(local, sample, players)
@@ -88,6 +105,10 @@ class GameStep:
         self.reduce([g for player_grads in grads for g in player_grads])
         if self.estimator is not None:
             self.estimator.add_mean(grads, players)
+        self._write(players, grads)
+
+    def _write(self, players: Sequence[int], grads: list[list[Tensor]]) -> None:
+        """``.grad`` of the evaluated players, the last field for logging, the finiteness record."""
         for player, player_grads in zip(players, grads):
             for p, g in zip(self.params[player], player_grads):
                 p.grad = g

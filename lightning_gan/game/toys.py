@@ -5,7 +5,9 @@ holding its parameters, so the code that drives GAN players (optimizers,
 schemes, averaging) drives toys unchanged. Player 0 minimises ``L_0``, player 1
 minimises ``L_1``; :meth:`ToyGame.field` returns ``[grad L_0 wrt player 0,
 grad L_1 wrt player 1]`` at the current point without touching ``.grad`` or
-the parameters, which is exactly the game vector field F(w) of DESIGN.md.
+the parameters, which is exactly the game vector field F(w) = (grad_0 L_0, grad_1 L_1)
+of the variational-inequality view of GANs (Gidel et al., "A Variational Inequality
+Perspective on Generative Adversarial Networks", ICLR 2019, section 2).
 
 Everything is float64 by default: the tests check contraction factors per
 step to 1e-12, which float32 cannot resolve.
@@ -78,17 +80,25 @@ class ToyGame(nn.Module):
         """Each player's gradient of its own loss at the current point (both players: it is cheap)."""
         return self.autograd_field(sample)
 
-    def autograd_field(self, sample: object = None) -> Field:
-        """:meth:`field` by autograd: one forward, one ``autograd.grad`` per player."""
+    def autograd_field(self, sample: object = None, *, create_graph: bool = False) -> Field:
+        """:meth:`field` by autograd: one forward, one ``autograd.grad`` per player.
+
+        ``create_graph`` keeps the gradients differentiable (not detached), for J^T v products.
+        """
         with torch.enable_grad():
             losses = self.losses(sample)
             out: Field = []
             for i, (loss, player) in enumerate(zip(losses, self.players)):
                 params = list(player.parameters())
-                grads = torch.autograd.grad(loss, params, retain_graph=i == 0, allow_unused=True)
-                out.append([torch.zeros_like(p) if g is None else g.detach()
+                grads = torch.autograd.grad(loss, params, retain_graph=i == 0 or create_graph,
+                                            create_graph=create_graph, allow_unused=True)
+                out.append([torch.zeros_like(p) if g is None else g if create_graph else g.detach()
                             for p, g in zip(params, grads)])
         return out
+
+    def graph_field(self, sample: object = None) -> Field:
+        """Both players' F, differentiable in the parameters (consensus needs J^T v): from :meth:`losses`."""
+        return self.autograd_field(sample, create_graph=True)
 
     @property
     def equilibrium(self) -> Field:
