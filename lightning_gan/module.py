@@ -141,6 +141,9 @@ class GANModule(pl.LightningModule):
         self.images_seen = 0  # real images consumed so far, over all ranks
         self.check_finite = check_finite
         self.consensus = check_consensus(consensus, variance_reduced=self.scheme.variance_reduced)
+        if self.consensus and sync_batchnorm:  # SyncBatchNorm's backward has collectives of its own, no double one
+            raise ValueError("Invalid consensus: it needs a double backward through the players, which sync_batchnorm's "
+                             "SyncBatchNorm does not offer; set sync_batchnorm: false")
         self._game: GameStep | None = None
 
     # -- set-up ------------------------------------------------------------------------------------

@@ -241,6 +241,11 @@ def test_bad_consensus_fails_with_one_line_naming_the_field(scheme, gamma, messa
     assert "\n" not in str(error.value)
 
 
+def test_consensus_with_sync_batchnorm_is_refused():
+    with pytest.raises(ValueError, match="^Invalid consensus: .*sync_batchnorm: false$"):
+        make_module("simultaneous", consensus=1.0, sync_batchnorm=True)
+
+
 def test_bad_consensus_through_the_cli_exits_2(tmp_path, capsys, monkeypatch):
     import sys
 
