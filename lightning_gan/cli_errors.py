@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Iterator
@@ -144,16 +145,38 @@ _PATH_NAMES = ("filepath", "file_path", "filename", "fname", "urlpath", "path")
 @contextmanager
 def full_disk_ends_run() -> Iterator[None]:
     """A full disk or quota while writing (checkpoints, logs, sample grids) ends the run with one line naming the
-    file and exit status 1, not a 60-130 line traceback. Every other error propagates unchanged."""
+    file and exit status 1, not a 60-130 line traceback. Every other error propagates unchanged.
+
+    Writer threads (TensorBoard's event writer) meet the full disk first: their error is kept quietly instead of
+    printed by ``threading.excepthook``, and names the file when the main thread's error does not.
+    """
+    in_threads: list[OSError] = []
+    previous_hook = threading.excepthook
+
+    def keep_full_disk(args: threading.ExceptHookArgs) -> None:
+        if isinstance(args.exc_value, OSError) and args.exc_value.errno in _FULL_DISK:
+            in_threads.append(args.exc_value)
+        else:
+            previous_hook(args)
+
+    threading.excepthook = keep_full_disk
     try:
         yield
     except OSError as error:
         if error.errno not in _FULL_DISK:
             raise
-        print(f"{PROG}: error: no space left on device writing {_written_path(error)} ({error.strerror}); free "
+        path = _written_path(error)
+        if path == _UNKNOWN_FILE and in_threads:
+            path = _written_path(in_threads[0])
+        print(f"{PROG}: error: no space left on device writing {path} ({error.strerror}); free "
               "space or choose another trainer.default_root_dir, then resume with --ckpt_path last",
               file=sys.stderr, flush=True)
         raise SystemExit(EXIT_FAULT) from None
+    finally:
+        threading.excepthook = previous_hook
+
+
+_UNKNOWN_FILE = "an unknown file"
 
 
 def _written_path(error: OSError) -> str:
@@ -167,4 +190,4 @@ def _written_path(error: OSError) -> str:
                 return value.name
             if name in _PATH_NAMES and isinstance(value, (str, os.PathLike)):
                 return os.fsdecode(value)
-    return "an unknown file"
+    return _UNKNOWN_FILE

@@ -263,6 +263,27 @@ def test_full_disk_names_the_file_of_a_failed_flush_and_other_errors_pass(tmp_pa
             raise error
 
 
+
+def test_a_full_disk_in_a_writer_thread_is_kept_quiet_and_names_the_file(tmp_path, capsys):
+    """TensorBoard's writer thread meets ENOSPC first: no thread traceback, and its file names the main error."""
+    import threading
+
+    def writer(filename: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")  # `filename` is in the traceback's locals
+
+    before = threading.excepthook
+    with pytest.raises(SystemExit) as exit_, full_disk_ends_run():
+        thread = threading.Thread(target=writer, args=(str(tmp_path / "events.out.tfevents.1"),))
+        thread.start()
+        thread.join()
+        raise OSError(errno.ENOSPC, "No space left on device")  # the main thread's later write, no file named
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Exception in thread" not in err
+    assert err.splitlines() == [err.strip()] and "events.out.tfevents.1" in err
+    assert threading.excepthook is before
+
+
 # -- the real command: stderr is the one line ------------------------------------------------------------------------
 @pytest.mark.parametrize(("extra", "named"), [
     ("mnist-bit-flipped", "cannot decompress it"),  # refused at data set-up, after seeding
