@@ -11,6 +11,7 @@ import errno
 import io
 import logging
 import os
+import re
 import sys
 import threading
 import traceback
@@ -181,13 +182,19 @@ _UNKNOWN_FILE = "an unknown file"
 
 def _written_path(error: OSError) -> str:
     """The file being written: the error's filename, else the innermost open file or path variable of the traceback
-    (an error from write() or flush() names no file)."""
+    (an error from write() or flush() names no file); an atomic write's temporary is named by its target."""
     if error.filename:
-        return os.fsdecode(error.filename)
+        return _target_of(os.fsdecode(error.filename))
     for frame, _ in reversed(list(traceback.walk_tb(error.__traceback__))):
         for name, value in frame.f_locals.items():
             if isinstance(value, io.IOBase) and isinstance(getattr(value, "name", None), str):
-                return value.name
+                return _target_of(value.name)
             if name in _PATH_NAMES and isinstance(value, (str, os.PathLike)):
-                return os.fsdecode(value)
+                return _target_of(os.fsdecode(value))
     return _UNKNOWN_FILE
+
+
+def _target_of(path: str) -> str:
+    """``<dir>/last.ckpt`` for the temporary ``<dir>/.last.ckpt.tmp-<pid>`` that AtomicCheckpointIO writes first."""
+    match = re.fullmatch(r"\.(.+)\.tmp-\d+", os.path.basename(path))
+    return os.path.join(os.path.dirname(path), match.group(1)) if match else path

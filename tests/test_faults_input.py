@@ -242,6 +242,7 @@ def test_full_disk_while_writing_a_checkpoint_ends_the_run_in_one_line(tmp_path,
     assert exit_.value.code == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(f"{ERROR}no space left on device writing {root / 'checkpoints'}"), err
+    assert err[0].startswith(f"{ERROR}no space left on device writing {root / 'checkpoints' / 'last.ckpt'} "), err
     logged = lightning_records()  # an accepted run still logs the seed and the devices, in that order, once
     seed = [i for i, m in enumerate(logged) if m.endswith("Seed set to 0")]
     gpu = [i for i, m in enumerate(logged) if m.startswith("GPU available")]
