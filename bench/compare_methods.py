@@ -79,8 +79,17 @@ METHODS: dict[str, Method] = {
     "la_simadam": Method("LA-SimAdam", "simultaneous", LOOKAHEAD),
     "la_altadam5": Method("LA-AltAdam (n_dis 5)", "alternating", {"n_dis": 5, **LOOKAHEAD}),
     "la_extraadam": Method("LA-ExtraAdam", "extragradient", LOOKAHEAD),
+    # R3GAN's loss and optimizer settings (github brownvc/R3GAN, R3GAN/Trainer.py): alternating 1:1, betas (0, 0.99).
+    "rpgan_altadam": Method("RpGAN + R1 + R2 AltAdam", "alternating",
+                            {"n_dis": 1, "loss": "rpgan", "r1_gamma": 0.05, "r2_gamma": 0.05},
+                            g_optimizer={"momentum": 0.0, "beta2": 0.99}, d_optimizer={"momentum": 0.0, "beta2": 0.99}),
+    # Two time scales (Heusel et al., 2017): D at 4x G's step with inverse-sqrt decay, G decaying linearly.
+    "ttur_simadam": Method("TTUR SimAdam", "simultaneous",
+                           g_optimizer={"lr": 1.0e-4, "schedule": "linear", "decay_steps": 2000, "final_factor": 0.1},
+                           d_optimizer={"lr": 4.0e-4, "schedule": "inverse_sqrt", "t0": 500.0}),
 }
-#: What runs without --methods: the six methods of the README's table (the LA-* rows are picked by name).
+#: What runs without --methods: the six methods of the README's table (the LA-*, RpGAN and TTUR rows are picked by
+#: name).
 DEFAULT_METHODS = ["simadam", "altadam5", "extraadam", "pastextraadam", "optimadam", "svre"]
 
 
