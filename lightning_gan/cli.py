@@ -105,6 +105,27 @@ class GANArgumentParser(LightningArgumentParser):
         fail(message)
 
 
+#: Lines that are not the user's business: library deprecations inside torchdata and Lightning, Lightning's advice
+#: for modules with a validation step (GANs score in callbacks), and its advertisement for a cloud logger.
+_QUIET_WARNINGS = ("'set_vital' is deprecated", "You passed in a `val_dataloader` but have no `validation_step`",
+                   "`isinstance(treespec, LeafSpec)` is deprecated")
+_QUIET_LOG_PREFIXES = ("💡 Tip:",)
+
+
+class _DropLines(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_QUIET_LOG_PREFIXES)
+
+
+def quiet_start() -> None:
+    """Filter what every run printed before its first step although no user acts on it (idempotent)."""
+    for message in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=f".*{re.escape(message)}")
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLines) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropLines())
+
+
 def default_loggers(root_dir: str | Path) -> list[Logger]:
     """TensorBoard and CSV loggers writing into the same ``<root_dir>/version_<k>`` (next free k)."""
     root = Path(root_dir)
@@ -154,6 +175,7 @@ class GANCLI(LightningCLI):
                                 category=UserWarning)
         # A hint for users who meant to run under SLURM; lightning-gan jobs do (slurm/train.sbatch), others are not.
         warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
+        quiet_start()
         super().__init__(GANModule, GameDataModule, subclass_mode_data=True, args=args, run=run,
                          parser_kwargs=parser_kwargs, **kwargs)
 
@@ -247,6 +269,9 @@ class GANCLI(LightningCLI):
         if config.checkpoint.dirpath is None:
             # Not versioned: the next invocation's ``--ckpt_path last`` looks in this very folder.
             config.checkpoint.dirpath = str(Path(root) / "checkpoints")
+        if config.trainer.get("enable_progress_bar") is None and not sys.stderr.isatty():
+            # Redirected to a file, the bar's carriage returns make a 400 KB log of the quickstart.
+            config.trainer.enable_progress_bar = False
 
     def _set_seed(self) -> None:
         """Seed as LightningCLI does, without its ``Seed set to N`` line: that would come before a configuration

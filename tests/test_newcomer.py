@@ -164,3 +164,22 @@ def test_ckpt_path_last_without_a_checkpoint_says_so_in_one_line(tmp_path, _cli_
     expected = (f"lightning-gan: warning: --ckpt_path last: no checkpoint in {tmp_path / 'checkpoints'}; "
                 "starting from step 0")
     assert lines == [expected], err
+
+
+def test_a_run_redirected_to_a_file_prints_only_what_a_user_needs(tmp_path):
+    """No progress bar off a terminal, no library deprecations or logger advertisements: the quickstart's whole
+    stderr, redirected, is a few lines (it was 428 KB with the bar's carriage returns)."""
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_gan", "fit", "--config", str(REPO / "configs" / "quickstart.yaml"),
+         f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.max_steps=60",
+         "--data.init_args.num_samples=4096", "--samples.every_n_steps=0"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert len(output.encode()) < 2_000, output
+    assert "\r" not in output
+    for noise in ("set_vital", "val_dataloader", "LeafSpec", "Tip:", "Warning"):
+        assert noise not in output, (noise, output)
+    assert "max_steps=60" in output  # Lightning's own closing line still comes
