@@ -7,6 +7,7 @@ stopped it (143 for SIGTERM, 130 for Ctrl-C).
 
 from __future__ import annotations
 
+import argparse
 import errno
 import io
 import logging
@@ -41,6 +42,18 @@ def fail(error: BaseException | str) -> NoReturn:
     """Report a configuration error as one line on stderr and exit with status 2 (as argparse does)."""
     print(f"{PROG}: error: {one_line(str(error))}", file=sys.stderr, flush=True)
     raise SystemExit(EXIT_BAD_INPUT)
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse for the plain subcommands (evaluate, sample): errors are :func:`fail`'s one line and exit code 2,
+    without the usage block; abbreviations are off, so that ``--data.*`` overrides pass through untouched."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        fail(message)
 
 
 _NOISE = ("Given value", "Subtypes:", "Does not validate against any of the Union subtypes", "Errors:",

@@ -24,12 +24,12 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NoReturn, get_args
+from typing import Any, get_args
 
 import torch
 from torch import Tensor
 
-from lightning_gan.cli_errors import PROG, USER_ERRORS, fail
+from lightning_gan.cli_errors import PROG, USER_ERRORS, OneLineArgumentParser, fail
 from lightning_gan.data import GameDataModule, GaussianMixtureDataModule
 from lightning_gan.metrics import ExtractorSpec, fidelity_metrics, mixture_metrics, resolve_extractor
 from lightning_gan.metrics.fidelity import EXTRACTORS, METRICS
@@ -45,16 +45,9 @@ GENERATORS: tuple[str, ...] = get_args(GeneratorChoice)
 TOY_METRICS = ("modes", "mmd", "energy")  # modes: modes covered and share of high-quality samples
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but errors are our one line and exit code 2, without the usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        fail(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The options of ``lightning-gan evaluate`` (abbreviations off: ``--data.*`` overrides pass through)."""
-    p = _Parser(prog=f"{PROG} evaluate", allow_abbrev=False,
+    p = OneLineArgumentParser(prog=f"{PROG} evaluate", allow_abbrev=False,
                 description="FID / KID / IS (images) or mode coverage, MMD and energy distance (2-D mixtures) of a "
                             "trained run's generators. Further --model.* / --data.* arguments override the run's "
                             "config (e.g. --data.init_args.root when the data moved).")

@@ -17,14 +17,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from lightning_gan.callbacks.samples import _image_grid, _scatter
-from lightning_gan.cli_errors import PROG, USER_ERRORS, fail
+from lightning_gan.cli_errors import PROG, USER_ERRORS, OneLineArgumentParser, fail
 from lightning_gan.module import GANModule
 from lightning_gan.run_files import (
     check_overrides,
@@ -40,16 +39,9 @@ __all__ = ["FORMATS", "build_parser", "main", "sample"]
 FORMATS = ("grid", "png", "npz")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but errors are our one line and exit code 2, without the usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        fail(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The options of ``lightning-gan sample`` (abbreviations off: ``--data.*`` overrides pass through)."""
-    p = _Parser(prog=f"{PROG} sample", allow_abbrev=False,
+    p = OneLineArgumentParser(prog=f"{PROG} sample", allow_abbrev=False,
                 description="Write samples of a trained run's generator: a grid PNG (a scatter plot for 2-D "
                             "points), one PNG per sample, or an .npz array file. Further --model.* / --data.* "
                             "arguments override the run's config.")
