@@ -81,11 +81,21 @@ class FiniteCheck:
 
 
 def first_non_finite_parameter(modules: dict[str, nn.Module]) -> str | None:
-    """``"<module>.<parameter>"`` of the first parameter or floating buffer holding a NaN or an infinity, else None."""
-    for name, module in modules.items():
-        for key, tensor in [*module.named_parameters(), *module.named_buffers()]:
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                return f"{name}.{key}"
+    """``"<module>.<parameter>"`` of the first parameter or floating buffer holding a NaN or an infinity, else None.
+
+    One multi-tensor norm and one host sync for all of them; names are looked up only when one is not finite.
+    """
+    named = [(f"{name}.{key}", tensor) for name, module in modules.items()
+             for key, tensor in [*module.named_parameters(), *module.named_buffers()] if tensor.is_floating_point()]
+    if not named:
+        return None
+    norms = torch.stack([n.float() for n in torch._foreach_norm([t.detach() for _, t in named])])
+    if bool(torch.isfinite(norms).all()):
+        return None
+    for (name, tensor), norm in zip(named, norms.tolist()):
+        if not math.isfinite(norm) and not bool(torch.isfinite(tensor).all()):
+            return name
+    # A 2-norm overflowed (entries beyond ~1e19) although every entry is finite: not a divergence to refuse.
     return None
 
 
