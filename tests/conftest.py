@@ -25,3 +25,18 @@ def _restore_environment():
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+@pytest.fixture
+def cli_process_state(monkeypatch):
+    """For tests that run ``lightning-gan`` in this process: sys.argv as a console script sees it (the CLI gets its
+    arguments from ``args`` only); the threads the config sets and the 1-rank process group game_ddp opens do not
+    leak into the next test (os.environ, MASTER_ADDR/PORT included, is restored by ``_restore_environment``)."""
+    import torch.distributed as dist
+
+    monkeypatch.setattr(sys, "argv", ["lightning-gan"])
+    threads = torch.get_num_threads()
+    yield
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    torch.set_num_threads(threads)

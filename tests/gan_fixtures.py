@@ -88,3 +88,26 @@ class CountAllReduces(Callback):
     def on_train_batch_end(self, trainer, module, *args) -> None:
         self.all_reduces.append(self._count)
         self.snapshots.append(getattr(module, "snapshot_passes", 0) - self._passes)
+
+
+def fit_in_process(root, config, *args: str):
+    """``lightning-gan fit --config CONFIG ARGS`` in this process, on one CPU device without a process group, with
+    sys.argv and the thread count restored after; returns the run's ``checkpoints/last.ckpt``."""
+    import sys
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    from lightning_gan.cli import GANCLI
+
+    threads, argv = torch.get_num_threads(), sys.argv
+    sys.argv = ["lightning-gan"]  # the CLI gets its arguments from `args` only
+    try:
+        GANCLI(args=["fit", "--config", str(config), f"--trainer.default_root_dir={root}", "--trainer.strategy=auto",
+                     "--trainer.accelerator=cpu", *args])
+    finally:
+        sys.argv = argv
+        torch.set_num_threads(threads)
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return Path(root) / "checkpoints" / "last.ckpt"

@@ -4,14 +4,12 @@ values fail before training with one line naming the field."""
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from gan_fixtures import state_of
 from lightning_gan.cli import GANCLI, main
@@ -22,6 +20,7 @@ from lightning_gan.module import GANModule
 pytestmark = [
     pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning"),  # torchdata 0.11 on torch 2.14
     pytest.mark.filterwarnings("ignore:(?s).*skip_none parameter was deprecated"),  # Lightning's SaveConfigCallback
+    pytest.mark.usefixtures("cli_process_state"),  # tests/conftest.py
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,18 +28,6 @@ CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _restore_process_state(monkeypatch):
-    """game_ddp opens a 1-rank process group and sets MASTER_ADDR/PORT, the quickstart sets torch_num_threads:
-    leave none of them to the next test."""
-    monkeypatch.setattr(sys, "argv", ["lightning-gan"])  # the CLI gets its arguments from `args` only
-    environ, threads = dict(os.environ), torch.get_num_threads()
-    yield
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-    os.environ.clear()
-    os.environ.update(environ)
-    torch.set_num_threads(threads)
 
 
 def tiny_fit(root: Path, max_steps: int, *extra: str) -> list[str]:

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import yaml
+from gan_fixtures import fit_in_process
 
 from lightning_gan import evaluate
 from lightning_gan.callbacks.run_config import CONFIG_KEY
-from lightning_gan.cli import GANCLI, main
+from lightning_gan.cli import main
 from lightning_gan.data import DigitsDataModule, GameDataModule, GaussianMixtureDataModule
 from lightning_gan.metrics import ENV_INCEPTION_WEIGHTS, INCEPTION_FILENAME, FidelityDigitExtractor, resolve_extractor
 from lightning_gan.module import GANModule
@@ -56,18 +56,8 @@ checkpoint: {every_n_train_steps: 10}
 
 
 def _fit(root: Path, config: Path) -> Path:
-    """A tiny ``fit`` in this process, on one device without a process group; returns its last.ckpt."""
-    threads, argv = torch.get_num_threads(), sys.argv
-    sys.argv = ["lightning-gan"]  # the CLI gets its arguments from `args` only
-    try:
-        GANCLI(args=["fit", "--config", str(config), f"--trainer.default_root_dir={root}", "--trainer.max_steps=10",
-                     "--trainer.strategy=auto", "--trainer.accelerator=cpu", "--checkpoint.every_n_train_steps=10"])
-    finally:
-        sys.argv = argv
-        torch.set_num_threads(threads)
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    return root / "checkpoints" / "last.ckpt"
+    """A tiny ``fit`` in this process (10 iterations); returns its last.ckpt."""
+    return fit_in_process(root, config, "--trainer.max_steps=10", "--checkpoint.every_n_train_steps=10")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 from PIL import Image
 
 from lightning_gan.cli import main
@@ -29,6 +28,7 @@ from lightning_gan.data import ImageFolderDataModule
 pytestmark = [
     pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning"),  # torchdata 0.11 on torch 2.14
     pytest.mark.filterwarnings("ignore:(?s).*skip_none parameter was deprecated"),  # Lightning's SaveConfigCallback
+    pytest.mark.usefixtures("cli_process_state"),  # tests/conftest.py
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,17 +36,6 @@ QUICKSTART = REPO / "configs" / "quickstart.yaml"
 ERROR = "lightning-gan: error: "
 
 
-@pytest.fixture(autouse=True)
-def _restore_process_state(monkeypatch):
-    """As in test_cli: a fit opens a 1-rank process group and the quickstart sets torch_num_threads."""
-    monkeypatch.setattr(sys, "argv", ["lightning-gan"])
-    environ, threads = dict(os.environ), torch.get_num_threads()
-    yield
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-    os.environ.clear()
-    os.environ.update(environ)
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

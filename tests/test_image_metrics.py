@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import csv
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 from ddp_harness import run_distributed
 from gan_fixtures import make_trainer
 
@@ -150,17 +148,9 @@ def test_two_ranks_score_what_one_rank_scores():
 
 # -- the command line ------------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def _cli_process_state(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["lightning-gan"])
-    threads = torch.get_num_threads()
-    yield
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-    torch.set_num_threads(threads)
 
 
-def test_the_cli_writes_the_metrics_every_n_steps_whatever_the_logging_interval(tmp_path, _cli_process_state):
+def test_the_cli_writes_the_metrics_every_n_steps_whatever_the_logging_interval(tmp_path, cli_process_state):
     main(["fit", "--config", str(DIGITS_TINY), f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=10",
           "--metrics.every_n_steps=5", "--trainer.log_every_n_steps=100"])
     with open(tmp_path / "version_0" / "metrics.csv") as f:
@@ -171,7 +161,7 @@ def test_the_cli_writes_the_metrics_every_n_steps_whatever_the_logging_interval(
             assert math.isfinite(float(row[key])) and float(row[key]) != 0.0, key
 
 
-def test_the_cli_refuses_missing_inception_weights_before_training(tmp_path, _cli_process_state, capsys, monkeypatch):
+def test_the_cli_refuses_missing_inception_weights_before_training(tmp_path, cli_process_state, capsys, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.delenv("LIGHTNING_GAN_INCEPTION_WEIGHTS", raising=False)
     with pytest.raises(SystemExit) as exit_:
@@ -184,7 +174,7 @@ def test_the_cli_refuses_missing_inception_weights_before_training(tmp_path, _cl
     assert not (tmp_path / "checkpoints").exists()  # nothing trained
 
 
-def test_the_cli_refuses_a_bad_metric_in_one_line(tmp_path, _cli_process_state, capsys):
+def test_the_cli_refuses_a_bad_metric_in_one_line(tmp_path, cli_process_state, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["fit", "--config", str(DIGITS_TINY), f"--trainer.default_root_dir={tmp_path}",
               "--metrics.metrics=[fid,lpips]"])

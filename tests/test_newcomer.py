@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import yaml
 from gan_fixtures import make_data, make_module, make_trainer, state_of
 
@@ -29,15 +28,9 @@ pytestmark = [
 
 
 @pytest.fixture
-def _cli_process_state(monkeypatch, tmp_path):
-    """sys.argv as a console script sees it, a fresh torch home; threads and process group restored after."""
-    monkeypatch.setattr(sys, "argv", ["lightning-gan"])
+def _cli_process_state(cli_process_state, monkeypatch, tmp_path):
+    """The command's process state (tests/conftest.py), and a fresh torch home."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    threads = torch.get_num_threads()
-    yield
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-    torch.set_num_threads(threads)
 
 
 # -- epochs on resume (issue 18, point 5) ---------------------------------------------------------------------

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import yaml
 from PIL import Image
+from gan_fixtures import fit_in_process
 from test_evaluate import DIGITS_TINY, TOY_RING
 
 from lightning_gan.callbacks.run_config import CONFIG_KEY
-from lightning_gan.cli import GANCLI, main
+from lightning_gan.cli import main
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning"),  # torchdata 0.11 on torch 2.14
@@ -29,19 +29,9 @@ LINE = "lightning-gan sample: wrote "
 
 
 def _fit(root: Path, config: Path, *args: str) -> Path:
-    """A tiny ``fit`` in this process, one device, no process group, no grids; returns its last.ckpt."""
-    threads, argv = torch.get_num_threads(), sys.argv
-    sys.argv = ["lightning-gan"]  # the CLI gets its arguments from `args` only
-    try:
-        GANCLI(args=["fit", "--config", str(config), f"--trainer.default_root_dir={root}", "--trainer.strategy=auto",
-                     "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false", "--samples.every_n_steps=0",
-                     "--samples.generators=[]", *args])
-    finally:
-        sys.argv = argv
-        torch.set_num_threads(threads)
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    return root / "checkpoints" / "last.ckpt"
+    """A tiny ``fit`` in this process, without sample grids; returns its last.ckpt."""
+    return fit_in_process(root, config, "--trainer.enable_progress_bar=false", "--samples.every_n_steps=0",
+                          "--samples.generators=[]", *args)
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,9 @@ from __future__ import annotations
 import csv
 import math
 import os
-import sys
 
 import pytest
 import torch
-import torch.distributed as dist
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
@@ -341,20 +339,9 @@ def test_values_a_schedule_does_not_use_are_ignored():
     make_module(g_optimizer=OptimizerConfig(schedule="inverse_time", t0=3.0, decay_steps=-5, gamma=7.0))
 
 
-@pytest.fixture
-def _cli_process_state(monkeypatch):
-    """As tests/test_cli.py: the CLI's game_ddp and torch_num_threads must not leak into the next test."""
-    monkeypatch.setattr(sys, "argv", ["lightning-gan"])
-    environ, threads = dict(os.environ), torch.get_num_threads()
-    yield
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-    os.environ.clear()
-    os.environ.update(environ)
-    torch.set_num_threads(threads)
 
 
-@pytest.mark.usefixtures("_cli_process_state")
+@pytest.mark.usefixtures("cli_process_state")
 @pytest.mark.parametrize(("args", "named"), [
     (["--model.d_optimizer.schedule=exponential"], "Invalid d_optimizer.schedule: 'exponential'; expected one of"),
     (["--model.d_optimizer.schedule=linear"], "Invalid d_optimizer.decay_steps: None; expected an integer >= 1"),
@@ -383,7 +370,7 @@ def _logged_lrs(metrics_csv) -> dict[int, tuple[float, float]]:
                 for row in csv.DictReader(f) if row.get("train/lr_generator")}
 
 
-@pytest.mark.usefixtures("_cli_process_state")
+@pytest.mark.usefixtures("cli_process_state")
 def test_ttur_quickstart_logs_both_schedules_and_resumes_them_through_the_cli(tmp_path):
     """6 iterations, then ``--ckpt_path last`` to 9: the logged columns are the config's closed forms throughout."""
     _ttur_fit(tmp_path, 6)
@@ -403,7 +390,7 @@ def test_ttur_quickstart_logs_both_schedules_and_resumes_them_through_the_cli(tm
     assert [s["last_epoch"] for s in saved["lr_schedulers"]] == [9, 9]
 
 
-@pytest.mark.usefixtures("_cli_process_state")
+@pytest.mark.usefixtures("cli_process_state")
 def test_on_resume_a_schedule_is_the_checkpoints_and_an_allowed_lr_rescales_it(tmp_path, capsys):
     _ttur_fit(tmp_path, 6)
     with pytest.raises(SystemExit) as exit_:
