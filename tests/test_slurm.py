@@ -167,9 +167,11 @@ def test_sigusr1_saves_requeues_and_resumes(slurm_env, tmp_path):
     step = _global_step(saved)
     assert 50 <= step < max_steps
     # The requeued run logs to version_1 and continues from that step instead of starting over.
+    # The CSV's step column is the 0-based index of the logged iteration (the first row of a fresh run, after 10
+    # iterations, says 9), so the first resumed iteration is index `step`: rows come at step .. step + 9.
     with open(run_dir / "version_1" / "metrics.csv") as f:
         first_logged = int(f.readlines()[1].split(",")[1])
-    assert step < first_logged <= step + 10
+    assert step <= first_logged < step + 10
     assert _global_step(last) == max_steps
 
 
