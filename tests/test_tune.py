@@ -165,6 +165,7 @@ class FailOnce(Callback):
 def test_asha_search_stops_trials_early_retries_a_failure_and_writes_a_best_config_that_trains(tmp_path):
     marker = tmp_path / "failed"
     config = _base()
+    config["trainer"]["max_steps"] = 600  # longer than the search's budget (--max-steps 300): best.yaml keeps 300
     config["trainer"]["callbacks"] = [{"class_path": "test_tune.FailOnce",
                                        "init_args": {"marker": str(marker), "at_step": 40}}]
     base = tmp_path / "ring.yaml"
@@ -200,7 +201,10 @@ def test_asha_search_stops_trials_early_retries_a_failure_and_writes_a_best_conf
     assert g["lr"] == pytest.approx(float(winner["lr_g"]))
     assert d["lr"] == pytest.approx(float(winner["lr_g"]) * float(winner["lr_ratio"]))
     assert g["momentum"] == d["momentum"] == pytest.approx(float(winner["momentum"]))
-    assert best_config["trainer"]["max_steps"] == 300  # the base config's length, not a trial's
+    assert best_config["trainer"]["max_steps"] == 300  # the search's budget, not the base config's 600
+    header = [line for line in best.read_text().splitlines() if line.startswith("#")]
+    assert any("Budget: 300 iterations per trial" in line and "600" in line for line in header), header
+    assert any(line.startswith("# Metric: toy/live/mmd2 (min) = ") and winner["trial"] in line for line in header)
 
     start = time.monotonic()
     fit = subprocess.run([sys.executable, "-m", "lightning_gan", "fit", "--config", str(best),
@@ -210,6 +214,17 @@ def test_asha_search_stops_trials_early_retries_a_failure_and_writes_a_best_conf
     assert fit.returncode == 0, fit.stderr[-3000:]
     checkpoint = experiment / "best" / "checkpoints" / "last.ckpt"
     assert torch.load(checkpoint, weights_only=False)["global_step"] == 5
+
+    # The header's command continues the winning trial from its own last checkpoint.
+    continue_line = next(line for line in header if "--ckpt_path" in line)
+    command = continue_line.lstrip("# ").split()[1:]  # drop the program name
+    command[command.index("N")] = "320"
+    fit = subprocess.run([sys.executable, "-m", "lightning_gan", *command], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    trial_checkpoint = torch.load(command[command.index("--ckpt_path") + 1], weights_only=False)
+    continued = torch.load(checkpoint, weights_only=False)
+    assert trial_checkpoint["global_step"] == 300 and continued["global_step"] == 320
 
 
 @pytest.mark.slow

@@ -10,7 +10,8 @@ from typing import Any
 
 import yaml
 
-from tune.space import SearchSpace, apply_params, plain, set_path
+from tune.report import CHECKPOINT_NAME
+from tune.space import SearchSpace, apply_params, get_path, plain, set_path
 
 __all__ = ["best_row", "print_table", "trial_rows", "write_best", "write_csv"]
 
@@ -31,8 +32,19 @@ def trial_rows(results: Any, space: SearchSpace, metric: str, max_steps: int,
                    else "unfinished" if interrupted else "stopped early")
         rows.append({"trial": last.get("trial_id") or Path(result.path).name, "outcome": outcome, **params,
                      "step": step, metric: plain(value) if value is not None else None,
+                     "checkpoint": _checkpoint_file(result),
                      "error": str(result.error).splitlines()[0] if result.error else ""})
     return sorted(rows, key=lambda r: r["trial"])
+
+
+def _checkpoint_file(result: Any) -> str | None:
+    """The trial's last checkpoint as Tune kept it (the trial's own folder may lack the final one: a scheduler stops
+    a trial as soon as it reports its last step, before Lightning's end-of-training hooks run)."""
+    checkpoint = getattr(result, "checkpoint", None)
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint.path) / CHECKPOINT_NAME
+    return str(path) if path.is_file() else None
 
 
 def best_row(rows: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
@@ -58,7 +70,7 @@ def print_table(rows: list[dict[str, Any]], metric: str) -> None:
     if not rows:
         print("no trials")
         return
-    fields = [k for k in dict.fromkeys(k for row in rows for k in row) if k != "error"]
+    fields = [k for k in dict.fromkeys(k for row in rows for k in row) if k not in ("error", "checkpoint")]
 
     def cell(value: Any) -> str:
         return f"{value:.4g}" if isinstance(value, float) else "" if value is None else str(value)
@@ -77,17 +89,31 @@ def print_table(rows: list[dict[str, Any]], metric: str) -> None:
 
 
 def write_best(base: dict[str, Any], space: SearchSpace, best: dict[str, Any], path: Path, run_dir: Path,
-               args: argparse.Namespace, metric: str, mode: str) -> None:
-    """The base config with the best trial's values: what `lightning-gan fit --config` takes as it is. Its run
-    folder is ``run_dir`` (<experiment>/best), so that the full run overwrites neither the base config's runs nor
-    the trials'."""
+               args: argparse.Namespace, metric: str, mode: str, *, max_steps: int, runs_dir: Path) -> None:
+    """The base config with the best trial's values at the search's budget: what `lightning-gan fit --config` takes
+    as it is, and trains as the winner was trained (``trainer.max_steps`` = the iterations per trial; a search picks
+    step sizes for that length, and the same values can fail over a longer run). Its run folder is ``run_dir``
+    (<experiment>/best), so that the full run overwrites neither the base config's runs nor the trials'. The header
+    records the search (budget, metric, trial) and the two ways to go on: continue the winning trial itself from its
+    last checkpoint, or train the same values longer from scratch."""
     params = {k: best[k] for k in space.params}
     config = apply_params(base, params)
     set_path(config, "trainer.default_root_dir", str(run_dir))
-    header = (f"# Best of {args.num_samples} trial(s) of `{PROG}` on {args.config} (space {args.space}):\n"
-              f"# trial {best['trial']}, {metric} = {best[metric]:.6g} ({mode}) at step {best['step']}; values: "
-              + ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-              + f"\n#   lightning-gan fit --config {path}\n")
+    set_path(config, "trainer.max_steps", max_steps)
+    base_steps = get_path(base, "trainer.max_steps")
+    trial_checkpoint = best.get("checkpoint") or runs_dir / str(best["trial"]) / "checkpoints" / "last.ckpt"
+    value = best[metric]
+    header = (
+        f"# Best of {args.num_samples} trial(s) of `{PROG}` on {args.config} (space {args.space}, scheduler "
+        f"{args.scheduler}).\n"
+        f"# Budget: {max_steps} iterations per trial (trainer.max_steps below; the base config has {base_steps}).\n"
+        f"# Metric: {metric} ({mode}) = {value:.6g} at step {best['step']}, trial {best['trial']}.\n"
+        "# Values: " + ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+        + "\n"
+        f"# Train these values as the search did:\n#   lightning-gan fit --config {path}\n"
+        f"# Continue the winning trial itself to N iterations (its weights, optimizer state and averages):\n"
+        f"#   lightning-gan fit --config {path} --ckpt_path {trial_checkpoint} --trainer.max_steps N\n"
+        f"# or train the same values longer from scratch: --trainer.max_steps N (not what the search measured).\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         f.write(header)

@@ -5,12 +5,14 @@
     python -m tune.search --config configs/mnist_extragradient.yaml --metric train/loss_generator --mode min \\
         --resources-per-trial cpu=4,gpu=1
     python -m tune.search --config configs/quickstart.yaml --workers-per-trial 4 --resources-per-trial cpu=2,gpu=1
-    lightning-gan fit --config runs/tune/<name>/best.yaml            # the best trial, trained in full
+    lightning-gan fit --config runs/tune/<name>/best.yaml            # the winner's values at the search's budget
 
 By default it samples the step-size ratio lr_D / lr_G and lr_G (log-uniform) and both players' momentum (uniform
 in [-0.9, 0.9]) from tune/spaces/default.yaml, stops poor trials early with ASHA, and ranks trials by the space's
 metric (toy MMD on 2-D mixtures). Results go to <storage-path>/<name>/: ``trials.csv`` (also printed),
-``best.yaml`` (the base config with the best values, accepted by ``lightning-gan fit --config`` as it is), and
+``best.yaml`` (the base config with the best values and the search's iterations per trial, accepted by
+``lightning-gan fit --config`` as it is; its header records the budget and metric and how to continue the winning
+trial from its checkpoint), and
 ``runs/<trial id>/`` (each trial's config, logs and checkpoints). Each trial reports (and checkpoints) every
 ``--report-every`` iterations; a failed trial is retried from its last checkpoint up to ``--max-failures`` times;
 an interrupted search continues with ``--resume --name <name>`` (and its own --storage-path), with the
@@ -248,10 +250,12 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{PROG}: no trial reported {metric}; no best config written", file=sys.stderr)
         return out
     best_path = Path(args.best_config) if args.best_config else experiment / "best.yaml"
-    write_best(base, space, best, best_path, experiment / "best", args, metric, mode)
+    write_best(base, space, best, best_path, experiment / "best", args, metric, mode, max_steps=max_steps,
+               runs_dir=experiment / "runs")
     out["best_config"] = best_path
     print(f"best trial {best['trial']}: {metric}={best[metric]:.6g} -> {best_path}\n"
-          f"  lightning-gan fit --config {best_path}")
+          f"  lightning-gan fit --config {best_path}    # {max_steps} iterations, as the trials\n"
+          f"  (continue the trial itself: the commands in the file's header)")
     return out
 
 
