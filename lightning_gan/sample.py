@@ -119,7 +119,7 @@ def _write(samples: Tensor, kind: str, fmt: str, out: Path, stem: str, title: st
     if fmt == "grid":
         path = out / f"{stem}.png"
         if kind == "images":
-            _image_grid(samples, path)
+            _image_grid(samples, path, title)
         else:
             _scatter(samples, path, modes, title)
         return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -13,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from gan_fixtures import make_data, make_module, make_trainer
 from lightning_gan.callbacks import EvaluationBudget, SampleGrid
+from lightning_gan.callbacks.samples import TITLE_HEIGHT
 from lightning_gan.data import mixture_modes
 from lightning_gan.variance_reduction import SVREConfig
 
@@ -50,7 +52,10 @@ def test_image_grid_is_a_png_per_kept_generator_and_a_tensorboard_image(tmp_path
 
     assert sorted(p.name for p in written) == ["ema_step7.png", "live_step7.png"]  # no uniform average: skipped
     with Image.open(tmp_path / "samples" / "live_step7.png") as png:
-        assert png.size == (4 * (8 + 2) + 2, 4 * (8 + 2) + 2)  # 4 x 4 mosaic of 8x8 images, 2-pixel padding
+        side = 4 * (8 + 2) + 2  # 4 x 4 mosaic of 8x8 images, 2-pixel padding: 42 px, enlarged 12x to >= 480 px
+        assert png.size == (12 * side, 12 * side + TITLE_HEIGHT)
+        band = np.asarray(png.convert("L"))[:TITLE_HEIGHT]
+        assert band.min() < 128 < band.max()  # a title, dark on white
     logger.experiment.flush()
     events = EventAccumulator(logger.log_dir)
     events.Reload()

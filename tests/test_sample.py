@@ -91,7 +91,8 @@ def test_grid_and_npz_of_2d_points_default_to_ema(quickstart_run, capsys, tmp_pa
 
 def test_images_as_grid_as_one_png_each_and_as_npz(digits_run, capsys, tmp_path):
     grid = run_sample(capsys, digits_run, "--num_samples", "9", "--generator", "uniform", "--out", str(tmp_path))
-    assert grid == tmp_path / "uniform_step10.png" and Image.open(grid).size == (3 * 8 + 4 * 2,) * 2  # 3 x 3, pad 2
+    side = 3 * 8 + 4 * 2  # 3 x 3 mosaic, pad 2: 32 px, enlarged 15x to >= 480 px, under a 20 px title
+    assert grid == tmp_path / "uniform_step10.png" and Image.open(grid).size == (15 * side, 15 * side + 20)
 
     folder = run_sample(capsys, digits_run, "--num_samples", "12", "--format", "png", "--out", str(tmp_path))
     assert folder == tmp_path / "ema_step10"

@@ -97,7 +97,7 @@ class SampleGrid(Callback):
             samples = samples.detach().float().cpu()
             path = self._path(which, step)
             if samples.ndim == 4:
-                image = _image_grid(samples, path)
+                image = _image_grid(samples, path, f"{which}, step {step}")
             elif samples.ndim == 2 and samples.shape[1] == 2:
                 image = _scatter(samples, path, getattr(trainer.datamodule, "modes", None), f"{which}, step {step}")
             else:
@@ -118,12 +118,29 @@ class SampleGrid(Callback):
         return self.dirpath / f"{which}_step{step}.png"
 
 
-def _image_grid(images: Tensor, path: Path) -> Tensor:
-    """Save a square-ish mosaic of images in [-1, 1]; returns it as a (C, H, W) tensor in [0, 1]."""
-    from torchvision.utils import make_grid, save_image  # local: only needed when images are drawn
+GRID_MIN_WIDTH = 480  # px: a grid of 64 MNIST digits is 242 px wide, too small to judge on a screen
+TITLE_HEIGHT = 20  # px
+
+
+def _image_grid(images: Tensor, path: Path, title: str | None = None) -> Tensor:
+    """Save a square-ish mosaic of images in [-1, 1]; returns it as a (C, H, W) tensor in [0, 1] (unscaled).
+
+    The PNG is the mosaic enlarged by the smallest whole factor that makes it at least ``GRID_MIN_WIDTH`` wide
+    (nearest neighbour: pixels stay pixels), under a one-line ``title`` (e.g. which generator, which step)."""
+    from PIL import Image, ImageDraw
+    from torchvision.utils import make_grid  # local: only needed when images are drawn
 
     grid = make_grid(images, nrow=math.ceil(math.sqrt(len(images))), normalize=True, value_range=(-1.0, 1.0))
-    save_image(grid, path)
+    pixels = grid.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    mosaic = Image.fromarray(pixels).convert("RGB")
+    scale = max(1, math.ceil(GRID_MIN_WIDTH / mosaic.width))
+    mosaic = mosaic.resize((mosaic.width * scale, mosaic.height * scale), Image.NEAREST)
+    band = TITLE_HEIGHT if title else 0
+    canvas = Image.new("RGB", (mosaic.width, mosaic.height + band), "white")
+    canvas.paste(mosaic, (0, band))
+    if title:
+        ImageDraw.Draw(canvas).text((4, 4), title, fill="black")
+    canvas.save(path)
     return grid
 
 
