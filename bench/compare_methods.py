@@ -87,9 +87,15 @@ METHODS: dict[str, Method] = {
     "ttur_simadam": Method("TTUR SimAdam", "simultaneous",
                            g_optimizer={"lr": 1.0e-4, "schedule": "linear", "decay_steps": 2000, "final_factor": 0.1},
                            d_optimizer={"lr": 4.0e-4, "schedule": "inverse_sqrt", "t0": 500.0}),
+    # Consensus optimization, gamma 10 as in the reference (LMescheder/TheNumericsOfGANs,
+    # experiments/comparison/conopt.py: --reg-param 10.); each evaluation also costs a double backward.
+    "consensus_simadam": Method("ConOpt SimAdam (gamma 10)", "simultaneous", {"consensus": 10.0}),
+    # Unrolled D, 5 steps as in the reference notebook (poolio/unrolled_gan, "Unrolled GAN demo.ipynb"). The budget
+    # counts F-evaluations only: each evaluation here also costs 5 unrolled D gradients and a backward through them.
+    "unrolled5_simadam": Method("Unrolled-5 SimAdam", "simultaneous", {"unroll_steps": 5}),
 }
-#: What runs without --methods: the six methods of the README's table (the LA-*, RpGAN and TTUR rows are picked by
-#: name).
+#: What runs without --methods: the six methods of the README's table (the LA-*, RpGAN, TTUR, consensus and unrolled
+#: rows are picked by name).
 DEFAULT_METHODS = ["simadam", "altadam5", "extraadam", "pastextraadam", "optimadam", "svre"]
 
 

@@ -28,10 +28,11 @@ The module runs with its fault guards, as the command does: the finite check of 
 (``check_finite``) and the signal agreement (:class:`~lightning_gan.callbacks.SignalCheckpoint`, one all-reduce of
 one integer per iteration on several ranks, nothing on one). ``--compare FEATURE`` times the module with and without
 one feature in the same repetition (each fit paired with its own baseline iterations) and reports the feature's cost
-as the ratio of the two ratios: ``guards``, ``lookahead`` (Lookahead-minmax, k 5, alpha 0.5) or ``schedule``
-(inverse-square-root decay with warm-up for both players). ``--compare guards`` also times the agreement's
-all-reduce on 2 gloo processes against the all-reduce of the model's gradients, the collective every evaluation
-makes anyway.
+as the ratio of the two ratios: ``guards``, ``lookahead`` (Lookahead-minmax, k 5, alpha 0.5), ``schedule``
+(inverse-square-root decay with warm-up for both players), ``consensus`` (gamma 10: F + gamma J^T F, a double
+backward per evaluation) or ``unrolled`` (G's field through 5 differentiable Adam steps of D). ``--compare guards``
+also times the agreement's all-reduce on 2 gloo processes against the all-reduce of the model's gradients, the
+collective every evaluation makes anyway.
 """
 
 from __future__ import annotations
@@ -229,11 +230,12 @@ class PairedTimer(pl.Callback):
         return sum(base) / iterations, fit, step
 
 
-COMPARED = ("none", "guards", "lookahead", "schedule")
+COMPARED = ("none", "guards", "lookahead", "schedule", "consensus", "unrolled")
 
 
 def make_module(generator: nn.Module, discriminator: nn.Module, scheme: str, averaging: bool,
-                guards: bool = True, lookahead: bool = False, schedule: bool = False) -> GANModule:
+                guards: bool = True, lookahead: bool = False, schedule: bool = False, consensus: bool = False,
+                unrolled: bool = False) -> GANModule:
     kind, n_dis, _ = SCHEMES[scheme]
     extra = {} if averaging else {"uniform_average": False, "ema_decay": None}
     timing = {"schedule": "inverse_sqrt", "warmup": 10, "t0": 100.0} if schedule else {}
@@ -241,7 +243,7 @@ def make_module(generator: nn.Module, discriminator: nn.Module, scheme: str, ave
                      g_optimizer=OptimizerConfig(rule="adam", lr=LR_G, momentum=BETAS[0], beta2=BETAS[1], **timing),
                      d_optimizer=OptimizerConfig(rule="adam", lr=LR_D, momentum=BETAS[0], beta2=BETAS[1], **timing),
                      seed=0, check_finite=guards, lookahead=LookaheadConfig(k=5, alpha=0.5) if lookahead else None,
-                     **extra)
+                     consensus=10.0 if consensus else None, unroll_steps=5 if unrolled else 0, **extra)
 
 
 def fit_module(module: GANModule, batches: list[Tensor], iterations: int, timer: PairedTimer | None = None,
@@ -306,7 +308,8 @@ def _timed_fit(g0: nn.Module, d0: nn.Module, scheme: str, batches: list[Tensor],
     loop = HandLoop(copy.deepcopy(g0), copy.deepcopy(d0), scheme, batch_size=batch_size, averaging=averaging)
     guards = on or compared != "guards"
     module = make_module(copy.deepcopy(g0), copy.deepcopy(d0), scheme, averaging, guards=guards,
-                         lookahead=on and compared == "lookahead", schedule=on and compared == "schedule")
+                         lookahead=on and compared == "lookahead", schedule=on and compared == "schedule",
+                         consensus=on and compared == "consensus", unrolled=on and compared == "unrolled")
     timer = PairedTimer(loop, batches, before=before)
     gc.collect()
     fit_module(module, batches, warmup + iterations + 1, timer, guards)
@@ -416,7 +419,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
                         help="off: no averages on either side; on: module defaults (uniform + EMA of G) on both")
     parser.add_argument("--compare", choices=COMPARED, default="none",
                         help="time the module with and without this feature: guards (finite check and signal "
-                             "agreement), lookahead (k 5, alpha 0.5) or schedule (inverse sqrt with warm-up)")
+                             "agreement), lookahead (k 5, alpha 0.5), schedule (inverse sqrt with warm-up), "
+                             "consensus (gamma 10) or unrolled (5 unrolled D steps)")
     parser.add_argument("--out", type=Path, default=None, help="write the table (.md) or rows (.json) here")
     args = parser.parse_args(argv)
 

@@ -63,6 +63,7 @@ __all__ = [
     "STRATEGY_NAME",
     "GameDDPStrategy",
     "all_reduce_mean_",
+    "all_reduce_mean_differentiable",
     "all_reduce_sum_",
     "agree_max",
     "broadcast_tensors_",
@@ -310,6 +311,32 @@ def all_reduce_sum_(tensors: Sequence[Tensor]) -> None:
     tensors = _checked(tensors, "all_reduce_sum_")
     if tensors and world_size() > 1:
         _all_reduce_flat_(tensors, mean=False)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """y = sum_r x_r on every rank; backward: the cotangents' sum over ranks (the adjoint of a sum seen by all)."""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:  # type: ignore[override]
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        return _AllReduceSum.apply(grad)
+
+
+def all_reduce_mean_differentiable(tensor: Tensor) -> Tensor:
+    """The mean over ranks of ``tensor`` as a new tensor that autograd can differentiate: one ``all_reduce`` forward
+    and one in backward (the sum of the ranks' cotangents), as ``torch.distributed.nn.functional.all_reduce``, which
+    torch 2.14 deprecates. Without a process group or with one rank it returns ``tensor`` itself (no collective).
+    Used by unrolled GANs (:mod:`lightning_gan.game.unrolled`): pass one flat tensor, one collective per call.
+    """
+    size = world_size()
+    if size == 1:
+        return tensor
+    return _AllReduceSum.apply(tensor) / size
 
 
 @torch.no_grad()

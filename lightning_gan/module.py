@@ -17,6 +17,7 @@ from lightning_gan.game.finite import DivergenceError, first_non_finite_paramete
 from lightning_gan.game.gan import GANGame, LatentBank, LatentSampler, LatentTables, MicroBatch
 from lightning_gan.game.losses import GANLoss, clip_weights_, get_loss
 from lightning_gan.game.step import GameStep
+from lightning_gan.game.unrolled import check_unroll_steps
 from lightning_gan.lookahead import LookaheadConfig, LookaheadMinmax
 from lightning_gan.optim.factory import OptimizerConfig
 from lightning_gan.optim.schedules import resync_schedulers, step_schedulers
@@ -66,6 +67,10 @@ class GANModule(pl.LightningModule):
             non-finite parameters, so that the last checkpoint on disk stays the last finite state.
         consensus: gamma of consensus optimization, F + gamma J^T F at every evaluation (two all-reduces each), any
             scheme but svre; None or 0: off (see :mod:`lightning_gan.game.consensus`).
+        unroll_steps: k of unrolled GANs (Metz et al., ICLR 2017): G's field is the gradient of its loss through k
+            differentiable steps of D's optimizer (from its current state, on the same sample), D steps as usual;
+            2k + 1 all-reduces per evaluation of G; any scheme but svre, not with consensus or sync_batchnorm; 0: off
+            (see :mod:`lightning_gan.game.unrolled`).
     """
 
     def __init__(
@@ -92,6 +97,7 @@ class GANModule(pl.LightningModule):
         seed: int = 0,
         check_finite: bool = True,
         consensus: float | None = None,
+        unroll_steps: int = 0,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -144,6 +150,8 @@ class GANModule(pl.LightningModule):
         if self.consensus and sync_batchnorm:  # SyncBatchNorm's backward has collectives of its own, no double one
             raise ValueError("Invalid consensus: it needs a double backward through the players, which sync_batchnorm's "
                              "SyncBatchNorm does not offer; set sync_batchnorm: false")
+        self.unroll_steps = check_unroll_steps(unroll_steps, scheme=self.scheme.name, consensus=self.consensus,
+                                               sync_batchnorm=sync_batchnorm)
         self._game: GameStep | None = None
 
     # -- set-up ------------------------------------------------------------------------------------
@@ -191,7 +199,8 @@ class GANModule(pl.LightningModule):
             game = GANGame(self.generator, self.discriminator, self.loss, penalty_rng=self.penalty_rng)
             estimator = self.svre.bind(game) if self.svre is not None else None
             self._game = GameStep(game, optimizers, estimator=estimator, projection=self._project,
-                                  check_finite=self.check_finite, consensus=self.consensus)
+                                  check_finite=self.check_finite, consensus=self.consensus,
+                                  unroll_steps=self.unroll_steps)
         return self._game
 
     def _project(self) -> None:

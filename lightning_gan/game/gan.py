@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from lightning_gan.game.field import FieldValue, gan_field
+from lightning_gan.game.field import FieldValue, _check_fake, _generator_loss, gan_field
 from lightning_gan.game.losses import GANLoss
 
 MicroBatch = tuple[Tensor, Tensor]  # (real, z)
@@ -75,6 +75,10 @@ class GANGame:
         """Both players' F on this rank, differentiable in the parameters (for J^T v, see consensus)."""
         return self._mean_field(sample, (0, 1), create_graph=True)
 
+    def unroll_objective(self, sample: Sequence[MicroBatch]) -> GANObjective:
+        """L_D and L_G on ``sample`` as functions of D's parameters, for unrolled GANs (G runs once, now)."""
+        return GANObjective(self, sample)
+
     def _mean_field(self, sample: Sequence[MicroBatch], players: Sequence[int],
                     create_graph: bool) -> list[list[Tensor]]:
         generator, discriminator = self.players
@@ -112,6 +116,71 @@ class GANGame:
             value = mean(name)
             if value is not None:
                 setattr(self.stats, name, value)
+
+class GANObjective:
+    """A GAN's losses on one sample as functions of D's parameters (see :mod:`lightning_gan.game.unrolled`).
+
+    G's forward on each micro-batch runs once, at construction, with a graph. ``params=None`` scores with the live
+    D (its BatchNorm statistics move, as in the plain field) and records the evaluation's logged losses (L_G there
+    is at the current phi); a parameter list is substituted with ``torch.func.functional_call`` and cloned buffers.
+    Both losses are means over the micro-batches, so their gradients are the means of the micro-batch gradients.
+    """
+
+    def __init__(self, game: GANGame, sample: Sequence[MicroBatch]) -> None:
+        generator, discriminator = game.players
+        self.game, self.sample = game, list(sample)
+        self.names = [name for name, p in discriminator.named_parameters() if p.requires_grad]
+        self.fakes = []
+        for real, z in self.sample:
+            fake = generator(z)
+            _check_fake(fake, real)
+            self.fakes.append(fake)
+
+    def _discriminator(self, params: Sequence[Tensor] | None) -> Any:
+        discriminator = self.game.players[1]
+        if params is None:
+            return discriminator
+        substituted = {name: b.clone() for name, b in discriminator.named_buffers()}
+        substituted.update(zip(self.names, params))
+        return lambda x: torch.func.functional_call(discriminator, substituted, (x,))
+
+    def _scores(self, discriminator: Any, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor]:
+        scores = discriminator(torch.cat([real, fake]))
+        n_real, n_total = real.shape[0], real.shape[0] + fake.shape[0]
+        if scores.numel() != n_total or scores.dim() > 2:
+            raise ValueError(f"Invalid discriminator output shape: {tuple(scores.shape)}; "
+                             f"expected one score per sample, ({n_total},) or ({n_total}, 1)")
+        scores = scores.reshape(n_total)
+        return scores[:n_real], scores[n_real:]
+
+    def discriminator_loss(self, params: Sequence[Tensor] | None) -> Tensor:
+        discriminator, loss = self._discriminator(params), self.game.loss
+        total, stats = None, []
+        for (real, _), fake in zip(self.sample, self.fakes):
+            d_real, d_fake = self._scores(discriminator, real, fake)
+            loss_d = loss.discriminator_loss(d_real, d_fake)
+            penalty = loss.penalty(discriminator, real, fake, generator=self.game.penalty_rng)
+            if penalty is not None:
+                loss_d = loss_d + penalty
+            if params is None:
+                loss_g = _generator_loss(loss, d_real, d_fake).detach()
+                stats.append(FieldValue([], [], loss_g, loss_d.detach(), d_real.detach().mean(),
+                                        d_fake.detach().mean(), None if penalty is None else penalty.detach()))
+            total = loss_d if total is None else total + loss_d
+        if stats:
+            self.game._record(stats)
+        assert total is not None, "a sample holds at least one micro-batch"
+        return total / float(len(self.sample)) if len(self.sample) > 1 else total
+
+    def generator_loss(self, params: Sequence[Tensor] | None) -> Tensor:
+        discriminator, total = self._discriminator(params), None
+        for (real, _), fake in zip(self.sample, self.fakes):
+            d_real, d_fake = self._scores(discriminator, real, fake)
+            loss_g = _generator_loss(self.game.loss, d_real, d_fake)
+            total = loss_g if total is None else total + loss_g
+        assert total is not None, "a sample holds at least one micro-batch"
+        return total / float(len(self.sample)) if len(self.sample) > 1 else total
+
 
 class LatentBank:
     """A fixed table of latents tied to training-sample indices: ``factor`` latents per sample.

@@ -11,7 +11,9 @@ of :mod:`lightning_gan.game.toys`). :class:`GameStep` turns it into the
     estimate = estimator.add_mean(...)                # SVRE: + mu (already global)
 
 With ``consensus`` (gamma) the evaluation is instead F + gamma J^T F from ``game.graph_field`` and two
-collectives (see :mod:`lightning_gan.game.consensus`); off, the path above is unchanged.
+collectives (see :mod:`lightning_gan.game.consensus`); off, the path above is unchanged. With ``unroll_steps`` (k)
+an evaluation that involves player 0 takes G's part through k differentiable steps of D's optimizer
+(``game.unroll_objective``, 2k + 1 collectives, see :mod:`lightning_gan.game.unrolled`); 0 is the path above.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from lightning_gan import distributed
 from lightning_gan.game.consensus import Consensus
 from lightning_gan.game.field import flat_norm
 from lightning_gan.game.finite import FiniteCheck
-from lightning_gan.schemes import BOTH
+from lightning_gan.game.unrolled import Unrolled, check_rule, check_unroll_steps
+from lightning_gan.schemes import BOTH, GENERATOR
 
 Field = list[list[Tensor]]
 
@@ -37,7 +40,8 @@ class Game(Protocol):
         """The players' gradients (a list per player) at the current point, on this rank's sample.
 
         Only ``players`` need be computed; lists of other players may be empty. Consensus also needs
-        ``graph_field(sample)``: both players' gradients, differentiable in the parameters.
+        ``graph_field(sample)``: both players' gradients, differentiable in the parameters; unrolling needs
+        ``unroll_objective(sample)`` (see :class:`lightning_gan.game.unrolled.UnrollObjective`).
         """
 
 
@@ -63,6 +67,8 @@ class GameStep:
         check_finite: record ``max |F|`` of every evaluation in :attr:`finite_check` (read once per iteration by
             the trainer, see :mod:`lightning_gan.game.finite`).
         consensus: gamma of consensus optimization (F + gamma J^T F at every evaluation), None or 0 for off.
+        unroll_steps: k of unrolled GANs (G's field through k differentiable steps of D's optimizer), 0 for off.
+        unroll_reduce: the differentiable mean over ranks of one tensor used by each unrolled step (None: skip it).
     """
 
     def __init__(
@@ -75,6 +81,8 @@ class GameStep:
         projection: Callable[[], None] | None = None,
         check_finite: bool = False,
         consensus: float | None = None,
+        unroll_steps: int = 0,
+        unroll_reduce: Callable[[Tensor], Tensor] | None = distributed.all_reduce_mean_differentiable,
     ) -> None:
         self.game = game
         self.optimizers = list(optimizers)
@@ -91,11 +99,25 @@ class GameStep:
         if self.consensus is not None and not hasattr(game, "graph_field"):
             raise ValueError(f"Invalid consensus: {consensus!r}; {type(game).__name__} has no differentiable "
                              "field (graph_field)")
+        k = check_unroll_steps(unroll_steps, consensus=consensus)
+        self.unrolled = Unrolled(k, reduce=unroll_reduce) if k else None
+        if self.unrolled is not None:
+            if estimator is not None:
+                raise ValueError(f"Invalid unroll_steps: {k} with a variance-reduced estimator; expected 0")
+            if not hasattr(game, "unroll_objective"):
+                raise ValueError(f"Invalid unroll_steps: {k}; {type(game).__name__} has no unroll_objective; "
+                                 "expected 0")
+            check_rule(self.optimizers[1], k)
 
     def evaluate(self, sample: Any, players: Sequence[int] = BOTH) -> None:
         """Evaluate the (estimated) field on ``sample``, all-reduce it in one collective, write ``.grad``."""
         if self.consensus is not None:
             grads = self.consensus.field(self.game, self.params, sample, players, self.reduce)
+            self._write(players, grads)
+            return
+        if self.unrolled is not None and GENERATOR in players:
+            grads = self.unrolled.field(self.game, self.params, sample, players, self.optimizers[1])
+            self.reduce([g for player_grads in grads for g in player_grads])
             self._write(players, grads)
             return
         local = self.game.field(sample, players)

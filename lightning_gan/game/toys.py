@@ -100,6 +100,14 @@ class ToyGame(nn.Module):
         """Both players' F, differentiable in the parameters (consensus needs J^T v): from :meth:`losses`."""
         return self.autograd_field(sample, create_graph=True)
 
+    def forward(self, sample: object = None) -> tuple[Tensor, Tensor]:
+        """:meth:`losses`, so that ``torch.func.functional_call`` can evaluate them at substituted parameters."""
+        return self.losses(sample)
+
+    def unroll_objective(self, sample: object = None) -> _ToyObjective:
+        """The losses as functions of player 1's parameters (unrolled games, see :mod:`lightning_gan.game.unrolled`)."""
+        return _ToyObjective(self, sample)
+
     @property
     def equilibrium(self) -> Field:
         """The solution point, structured like :meth:`field`."""
@@ -128,6 +136,25 @@ class ToyGame(nn.Module):
             for p, t in zip(player.parameters(), target):
                 sq += float((p.detach() - t).pow(2).sum())
         return sq ** 0.5
+
+
+class _ToyObjective:
+    """``L_1`` and ``L_0`` at player 1's parameters ``params`` (None: the live ones), via ``functional_call``."""
+
+    def __init__(self, game: ToyGame, sample: object) -> None:
+        self.game, self.sample = game, sample
+        self.names = [f"players.1.{name}" for name, p in game.players[1].named_parameters() if p.requires_grad]
+
+    def _losses(self, params: Sequence[Tensor] | None) -> tuple[Tensor, Tensor]:
+        if params is None:
+            return self.game.losses(self.sample)
+        return torch.func.functional_call(self.game, dict(zip(self.names, params)), (self.sample,))
+
+    def discriminator_loss(self, params: Sequence[Tensor] | None) -> Tensor:
+        return self._losses(params)[1]
+
+    def generator_loss(self, params: Sequence[Tensor] | None) -> Tensor:
+        return self._losses(params)[0]
 
 
 class Bilinear1D(ToyGame):
