@@ -7,6 +7,10 @@ The module and the data module are rebuilt from the run's config and the checkpo
 (:mod:`lightning_gan.run_files`): the config stored in the checkpoint, else (older checkpoints) the newest
 ``<run dir>/version_<k>/config.yaml``; ``--config`` overrides both.
 
+Sum-to-25 runs (:class:`~lightning_gan.data.Sum25DataModule`) get the task's metrics instead (``--metrics sum25``,
+:mod:`lightning_gan.metrics.sum25`): a line for the real tuples of ``--real-split`` (the classifier's ceiling), one per
+generator, and the distribution of digit sums as ``<out stem>.sums.png`` next to the JSON.
+
 Everything that can be checked without data (arguments, checkpoint file, config, generators, the
 extractor's weights) is checked before any data is loaded or any sample drawn; bad input is one line
 ``lightning-gan: error: ...`` and exit code 2. Real features are cached by torch-fidelity under a name
@@ -30,10 +34,12 @@ import torch
 from torch import Tensor
 
 from lightning_gan.cli_errors import PROG, USER_ERRORS, OneLineArgumentParser, fail
-from lightning_gan.data import GameDataModule, GaussianMixtureDataModule
+from lightning_gan.data import GameDataModule, GaussianMixtureDataModule, Sum25DataModule
 from lightning_gan.metrics import ExtractorSpec, fidelity_metrics, mixture_metrics, resolve_extractor
 from lightning_gan.metrics.fidelity import EXTRACTORS, METRICS
 from lightning_gan.metrics.image_metrics import default_extractor
+from lightning_gan.metrics.sum25 import (DEFAULT_THRESHOLD, Sum25Scorer, digit_extractor, format_sum25,
+                                         plot_sum_histograms)
 from lightning_gan.module import GANModule, GeneratorChoice
 from lightning_gan.run_files import (check_overrides, find_config, kept_generators, load_run, load_weights,
                                      read_checkpoint, run_config)
@@ -43,6 +49,7 @@ __all__ = ["Scorer", "build_parser", "evaluate", "find_config", "format_line", "
 
 GENERATORS: tuple[str, ...] = get_args(GeneratorChoice)
 TOY_METRICS = ("modes", "mmd", "energy")  # modes: modes covered and share of high-quality samples
+SUM25_METRICS = ("sum25",)  # Sum25DataModule: digits read by the MNIST classifier (lightning_gan.metrics.sum25)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "trained run's generators. Further --model.* / --data.* arguments override the run's "
                             "config (e.g. --data.init_args.root when the data moved).")
     p.add_argument("--ckpt", required=True, type=Path, metavar="PATH", help="checkpoint written by `lightning-gan fit`")
-    p.add_argument("--metrics", metavar="LIST", help="comma list: fid,kid,is (images) or modes,mmd,energy "
-                   "(2-D mixtures); default: all of the data's kind")
+    p.add_argument("--metrics", metavar="LIST", help="comma list: fid,kid,is (images), modes,mmd,energy "
+                   "(2-D mixtures) or sum25 (Sum25DataModule; also writes <out stem>.sums.png); default: all of "
+                   "the data's kind")
     p.add_argument("--num-samples", type=int, default=10_000, metavar="N",
                    help="N generated and N real samples (default 10000)")
     p.add_argument("--generator", action="append", metavar="NAME",
@@ -75,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kid-subset-size", type=int, metavar="K", help="default: min(1000, N)")
     p.add_argument("--kid-subsets", type=int, default=100, metavar="M", help="KID subsets (default 100)")
     p.add_argument("--is-splits", type=int, default=10, metavar="M", help="IS splits (default 10)")
+    p.add_argument("--confidence", type=float, default=DEFAULT_THRESHOLD, metavar="P",
+                   help=f"sum25: max softmax each digit needs for a tuple to count as confidently read (default "
+                        f"{DEFAULT_THRESHOLD})")
     p.add_argument("--cache-dir", type=Path, metavar="DIR",
                    help="real-feature cache (default: $TORCH_HOME/fidelity_cache)")
     return p
@@ -88,10 +99,13 @@ def _names(values: Sequence[str] | None) -> list[str]:
 def _check_arguments(args: argparse.Namespace, overrides: list[str]) -> None:
     """Everything checkable from the arguments alone, before the config or the checkpoint is read."""
     check_overrides(overrides, "evaluate")
-    unknown = [m for m in _names([args.metrics] if args.metrics else None) if m not in METRICS + TOY_METRICS]
+    unknown = [m for m in _names([args.metrics] if args.metrics else None)
+               if m not in METRICS + TOY_METRICS + SUM25_METRICS]
     if unknown:
-        fail(f"Invalid metrics: {unknown}; expected a comma list of {', '.join(METRICS)} (images) or "
-             f"{', '.join(TOY_METRICS)} (2-D mixtures)")
+        fail(f"Invalid metrics: {unknown}; expected a comma list of {', '.join(METRICS)} (images), "
+             f"{', '.join(TOY_METRICS)} (2-D mixtures) or {', '.join(SUM25_METRICS)} (Sum25DataModule)")
+    if not 0 < args.confidence <= 1:
+        fail(f"Invalid --confidence: {args.confidence}; expected 0 < P <= 1")
     unknown = [g for g in _names(args.generator) if g not in GENERATORS]
     if unknown:
         fail(f"Invalid generator: {unknown}; expected live, uniform or ema")
@@ -121,7 +135,8 @@ class Scorer:
     """How every generator of one run is scored against the same real samples.
 
     ``spec`` None means 2-D mixture data, scored by :func:`~lightning_gan.metrics.mixture_metrics`
-    (``modes``/``std`` of the data module); otherwise torch-fidelity with that extractor.
+    (``modes``/``std`` of the data module); ``sum25`` set means sum-25 tuples, read by the digit classifier of
+    ``spec`` (:class:`~lightning_gan.metrics.sum25.Sum25Scorer`); otherwise torch-fidelity with that extractor.
     """
 
     metrics: tuple[str, ...]
@@ -136,8 +151,11 @@ class Scorer:
     is_splits: int = 10
     cache_name: str | None = None
     cache_root: Path | None = None
+    sum25: Sum25Scorer | None = None
 
     def __call__(self, samples: Tensor, real: Tensor) -> dict[str, float]:
+        if self.sum25 is not None:
+            return self.sum25(samples)[0]
         if self.spec is None:
             assert self.modes is not None, "mixture scoring needs the modes"
             needs_reference = any(m in self.metrics for m in ("mmd", "energy"))
@@ -166,6 +184,8 @@ def format_line(which: str, values: dict[str, float], note: str) -> str:
         parts.append(f"mmd2 {values['mmd2']:.4f}")
     if "energy" in values:
         parts.append(f"energy {values['energy']:.4f}")
+    if "sum25" in values:
+        parts.append(format_sum25(values))
     return f"{which}: {'  '.join(parts)}  ({note})"
 
 
@@ -192,6 +212,18 @@ def _plan(args: argparse.Namespace, module: GANModule, datamodule: GameDataModul
             raise ValueError(f"Invalid metrics for {type(datamodule).__name__} (2-D points): {list(asked)}; expected "
                              f"a subset of {', '.join(TOY_METRICS)}")
         return generators, Scorer(asked or TOY_METRICS, modes=datamodule.modes, std=datamodule.std)
+    if isinstance(datamodule, Sum25DataModule):
+        if set(asked) - set(SUM25_METRICS):
+            raise ValueError(f"Invalid metrics for {type(datamodule).__name__} (five digits stacked as channels): "
+                             f"{list(asked)}; expected {', '.join(SUM25_METRICS)}")
+        if args.extractor not in (None, "mnist"):
+            raise ValueError(f"Invalid --extractor: {args.extractor!r} for {type(datamodule).__name__}; its digits "
+                             f"are read by the MNIST classifier ('mnist', the default)")
+        spec = resolve_extractor("mnist", args.weights)
+        task = Sum25Scorer(datamodule.train_combinations, datamodule.heldout_combinations,
+                           digit_extractor(spec.weights).to(args.device), args.confidence, args.batch_size)
+        return generators, Scorer(SUM25_METRICS, spec, device=args.device, batch_size=args.batch_size, seed=args.seed,
+                                  sum25=task)
     if set(asked) - set(METRICS):
         raise ValueError(f"Invalid metrics for image data: {list(asked)}; expected a subset of {', '.join(METRICS)}")
     metrics = asked or METRICS
@@ -225,15 +257,24 @@ def evaluate(args: argparse.Namespace, overrides: Sequence[str] = ()) -> dict[st
     available = len(datamodule.split_dataset(args.real_split))  # type: ignore[arg-type]
     if n > available:
         _note(f"N = {n} exceeds the {available} samples of the {args.real_split} split: real samples repeat")
-    if scorer.spec is not None:
+    if scorer.spec is not None and scorer.sum25 is None:
         scorer = replace(scorer, cache_name=real_cache_name(datamodule, args.real_split, real))
     extractor = None if scorer.spec is None else scorer.spec.extractor
     note = f"N={n}" + (f", extractor {extractor}" if extractor else "") + f", step {progress['global_step']}"
-    results = {}
+    results, sum25 = {}, None
+    if scorer.sum25 is not None:  # the real tuples read the same way: the ceiling the classifier allows
+        values, histogram = scorer.sum25(real)
+        label = f"real ({args.real_split})"
+        sum25 = {"threshold": scorer.sum25.threshold, "real": values, "histograms": {label: histogram}}
+        print(format_line(label, values, note), flush=True)
     for which in generators:
         fake = module.sample(n, which, args.seed, batch_size=args.batch_size).float().cpu()  # type: ignore[arg-type]
-        results[which] = scorer(fake, real)
+        if sum25 is not None and scorer.sum25 is not None:
+            results[which], sum25["histograms"][which] = scorer.sum25(fake)
+        else:
+            results[which] = scorer(fake, real)
         print(format_line(which, results[which], note), flush=True)
+    extra = {} if sum25 is None else {"sum25": sum25}
     return {
         "checkpoint": str(ckpt), "config": config.label, **progress,
         "data": type(datamodule).__name__, "real_split": args.real_split, "num_samples": n, "seed": args.seed,
@@ -246,6 +287,7 @@ def evaluate(args: argparse.Namespace, overrides: Sequence[str] = ()) -> dict[st
         "is_splits": scorer.is_splits if "is" in scorer.metrics else None,
         "real_cache_name": scorer.cache_name,
         "results": results,
+        **extra,
     }
 
 
@@ -261,6 +303,12 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     if not all(math.isfinite(v) for values in report["results"].values() for v in values.values()):
         _note("some values are not finite (e.g. a standard deviation over a single split)")
     out.parent.mkdir(parents=True, exist_ok=True)
+    if "sum25" in report:  # the distribution of digit sums, next to the JSON
+        png = plot_sum_histograms(report["sum25"]["histograms"], out.with_suffix(".sums.png"),
+                                  f"{Path(report['checkpoint']).name}, step {report['global_step']}, "
+                                  f"N={report['num_samples']}")
+        report["sum25"]["png"] = str(png)
+        _note(f"wrote {png}")
     out.write_text(json.dumps(report, indent=2) + "\n")
     _note(f"wrote {out}")
     return report

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_gan.callbacks.samples import _image_grid, _scatter
+from lightning_gan.callbacks.samples import _image_grid, _scatter, displayable
 from lightning_gan.cli_errors import PROG, USER_ERRORS, OneLineArgumentParser, fail
 from lightning_gan.module import GANModule
 from lightning_gan.run_files import (
@@ -128,7 +128,7 @@ def _write(samples: Tensor, kind: str, fmt: str, out: Path, stem: str, title: st
     folder = out / stem
     folder.mkdir(exist_ok=True)
     width = len(str(len(samples) - 1))
-    for i, image in enumerate(samples):
+    for i, image in enumerate(displayable(samples)):
         save_image(image, folder / f"{i:0{width}d}.png", normalize=True, value_range=(-1.0, 1.0))
     return folder
 

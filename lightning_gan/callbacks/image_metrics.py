@@ -21,6 +21,12 @@ Inception's 2048: its values compare runs scored with the same classifier and N,
 Its floor, real against real with the shipped MNIST classifier, is 0.97 for 10,000 training against the 10,000 test
 images (0.77 between two draws of 10,000 training images with different seeds; about 4.1 at N = 2,000, FID being
 biased upwards at small N); untrained or collapsed generators score in the hundreds to thousands.
+
+``sum25`` (only with :class:`~lightning_gan.data.Sum25DataModule`, whose 5-channel tuples FID/KID/IS do not take):
+the sum-to-25 task's values (:mod:`lightning_gan.metrics.sum25`: share of generated tuples whose digits, read by
+the shipped MNIST classifier or ``weights``, sum to 25, confidently or not, and which are training / held-out
+combinations), logged as ``val/<value>_<g>``, e.g. ``val/sum25_ema``, ``val/heldout_combos_live``; no real
+samples are needed.
 """
 
 from __future__ import annotations
@@ -37,13 +43,15 @@ from torchmetrics import Metric
 from typing_extensions import override
 
 from lightning_gan.callbacks.signals import stopped_by_signal
+from lightning_gan.data.sum25 import Sum25DataModule
 from lightning_gan.metrics.image_metrics import build_image_metrics, default_extractor
+from lightning_gan.metrics.sum25 import Sum25Metric
 from lightning_gan.module import GeneratorChoice
 
 __all__ = ["ImageMetrics"]
 
 GENERATOR_CHOICES: tuple[str, ...] = get_args(GeneratorChoice)
-METRIC_CHOICES = ("fid", "kid", "is")
+METRIC_CHOICES = ("fid", "kid", "is", "sum25")
 REAL_SPLITS = ("train", "test")
 
 
@@ -58,7 +66,7 @@ class ImageMetrics(Callback):
         every_n_steps: Iterations between evaluations, >= 0; 0 switches the callback off.
         num_samples: Generated and real images per evaluation, over all ranks (FID needs thousands to be
             comparable across papers; a few hundred show trends).
-        metrics: Any of ``fid``, ``kid``, ``is``.
+        metrics: Any of ``fid``, ``kid``, ``is``; or ``sum25`` for :class:`~lightning_gan.data.Sum25DataModule`.
         generators: Any of ``live``, ``uniform``, ``ema``; averages the run does not keep are skipped.
         extractor: ``auto`` (the digit classifier matching the data module, else Inception), ``inception``,
             ``mnist``, ``fashion-mnist`` or ``digits``.
@@ -125,8 +133,18 @@ class ImageMetrics(Callback):
         if not self.enabled or self._metrics is not None:
             return
         extractor = default_extractor(datamodule) if self.extractor == "auto" else self.extractor
-        self._metrics = build_image_metrics(self.metrics, extractor, self.weights,
-                                            kid_subset_size=self.kid_subset_size, reset_real_features=False)
+        image_metrics = [m for m in self.metrics if m != "sum25"]
+        if "sum25" in self.metrics or isinstance(datamodule, Sum25DataModule):
+            if not isinstance(datamodule, Sum25DataModule) or image_metrics:
+                raise ValueError(f"Invalid metrics: {self.metrics} for {type(datamodule).__name__}; sum25 scores "
+                                 f"Sum25DataModule's (5, 28, 28) tuples, and is the only metric for them")
+            extractor = "mnist"
+        metrics = build_image_metrics(image_metrics, extractor, self.weights, kid_subset_size=self.kid_subset_size,
+                                      reset_real_features=False) if image_metrics else {}
+        if "sum25" in self.metrics:
+            metrics["sum25"] = Sum25Metric(datamodule.train_combinations, datamodule.heldout_combinations,
+                                           self.weights, batch_size=self.batch_size)
+        self._metrics = metrics
         self.resolved_extractor = extractor
 
     @override
@@ -163,7 +181,7 @@ class ImageMetrics(Callback):
         assert self._metrics is not None, "on_fit_start builds the metrics"
         start = time.perf_counter()
         world, rank = trainer.world_size, trainer.global_rank
-        if not self._real_done:
+        if not self._real_done and ("fid" in self._metrics or "kid" in self._metrics):
             real = self._real_images(trainer.datamodule, world, rank)
             for name in ("fid", "kid"):
                 if name in self._metrics:
@@ -181,7 +199,7 @@ class ImageMetrics(Callback):
                           world_size=world).clamp_(-1.0, 1.0)
             for chunk in fake.split(self.batch_size):
                 for name, metric in self._metrics.items():
-                    if name == "is":
+                    if name in ("is", "sum25"):
                         metric.update(chunk)
                     else:
                         metric.update(chunk, real=False)
@@ -202,6 +220,8 @@ class ImageMetrics(Callback):
                 result = metric.compute()
             if name == "fid":
                 out[f"val/fid_{which}"] = float(result)
+            elif name == "sum25":
+                out.update({f"val/{key}_{which}": value for key, value in result.items()})
             else:
                 mean, std = result
                 out[f"val/{name}_{which}"], out[f"val/{name}_std_{which}"] = float(mean), float(std)

@@ -32,9 +32,9 @@ class SampleGrid(Callback):
 
     Files go to ``<trainer.log_dir or default_root_dir>/samples/<which>_step<k>.png`` and, when a
     TensorBoardLogger is attached, to its ``samples/<which>`` image tag. Images (N, C, H, W) in [-1, 1]
-    become a ``make_grid`` mosaic; 2-D points (N, 2) become a scatter plot, over the real modes when the
-    datamodule has a ``modes`` attribute. An average the module does not keep (``uniform`` or ``ema``
-    switched off) is skipped.
+    become a ``make_grid`` mosaic (C other than 1 or 3: the channels side by side, one grey tile per sample);
+    2-D points (N, 2) become a scatter plot, over the real modes when the datamodule has a ``modes`` attribute.
+    An average the module does not keep (``uniform`` or ``ema`` switched off) is skipped.
 
     Args:
         every_n_steps: Draw every this many game iterations (``trainer.global_step``), >= 0; 0 draws only
@@ -118,6 +118,15 @@ class SampleGrid(Callback):
         return self.dirpath / f"{which}_step{step}.png"
 
 
+def displayable(images: Tensor) -> Tensor:
+    """Images with 1 or 3 channels as they are; others (e.g. Sum25DataModule's five digits as channels) with their
+    channels side by side as one grey image, (N, C, H, W) -> (N, 1, H, C * W)."""
+    if images.shape[1] in (1, 3):
+        return images
+    n, c, h, w = images.shape
+    return images.permute(0, 2, 1, 3).reshape(n, 1, h, c * w)
+
+
 GRID_MIN_WIDTH = 480  # px: a grid of 64 MNIST digits is 242 px wide, too small to judge on a screen
 TITLE_HEIGHT = 20  # px
 
@@ -130,7 +139,10 @@ def _image_grid(images: Tensor, path: Path, title: str | None = None) -> Tensor:
     from PIL import Image, ImageDraw
     from torchvision.utils import make_grid  # local: only needed when images are drawn
 
-    grid = make_grid(images, nrow=math.ceil(math.sqrt(len(images))), normalize=True, value_range=(-1.0, 1.0))
+    images = displayable(images)
+    aspect = images.shape[-1] / images.shape[-2]  # tiles per row for a square-ish mosaic, also of wide tiles
+    nrow = max(1, math.ceil(math.sqrt(len(images) / aspect)))
+    grid = make_grid(images, nrow=nrow, normalize=True, value_range=(-1.0, 1.0))
     pixels = grid.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     mosaic = Image.fromarray(pixels).convert("RGB")
     scale = max(1, math.ceil(GRID_MIN_WIDTH / mosaic.width))

@@ -6,6 +6,7 @@ from lightning_gan.data.digits import DigitsDataModule
 from lightning_gan.data.folder import ImageFileDataset, ImageFolderDataModule
 from lightning_gan.data.mixtures import GaussianMixtureDataModule, mixture_modes
 from lightning_gan.data.mnist import MNISTDataModule, read_idx
+from lightning_gan.data.sum25 import Sum25DataModule
 
 __all__ = [
     "CIFAR10DataModule",
@@ -17,6 +18,7 @@ __all__ = [
     "IndexedTensorDataset",
     "MNISTDataModule",
     "ShardSampler",
+    "Sum25DataModule",
     "mixture_modes",
     "read_idx",
 ]

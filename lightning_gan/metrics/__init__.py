@@ -1,5 +1,5 @@
 """Evaluation: FID / KID / IS (torchmetrics in training, torch-fidelity standalone), offline weights, digit
-feature extractors, and toy mixture metrics.
+feature extractors, toy mixture metrics, and the sum-to-25 task's metrics (:mod:`.sum25`).
 
 Importing this package registers the digit classifiers with torch-fidelity (see :mod:`.features`).
 """
@@ -28,6 +28,7 @@ from lightning_gan.metrics.fidelity import (
     resolve_extractor,
 )
 from lightning_gan.metrics.image_metrics import build_image_metrics, default_extractor, feature_modules
+from lightning_gan.metrics.sum25 import Sum25Metric, plot_sum_histograms, score_tuples
 from lightning_gan.metrics.toy import (
     ModeCoverage,
     ModeCoverageResult,
@@ -65,6 +66,7 @@ __all__ = [
     "InceptionWeightsNotFoundError",
     "ModeCoverage",
     "ModeCoverageResult",
+    "Sum25Metric",
     "build_image_metrics",
     "check_inception_weights",
     "default_extractor",
@@ -78,10 +80,12 @@ __all__ = [
     "mixture_metrics",
     "mmd2",
     "mode_coverage",
+    "plot_sum_histograms",
     "register_fidelity_extractors",
     "resolve_extractor",
     "resolve_inception_weights",
     "save_classifier",
+    "score_tuples",
     "to_classifier_input",
     "to_uint8",
 ]
