@@ -11,6 +11,15 @@ Sum-to-25 runs (:class:`~lightning_gan.data.Sum25DataModule`) get the task's met
 :mod:`lightning_gan.metrics.sum25`): a line for the real tuples of ``--real-split`` (the classifier's ceiling), one per
 generator, and the distribution of digit sums as ``<out stem>.sums.png`` next to the JSON.
 
+``--two-sample`` adds two tests of H0 "generated and real samples come from one distribution" per generator
+(:mod:`lightning_gan.metrics.two_sample`): an MMD permutation test (Gaussian kernel, median-heuristic bandwidth) and
+a classifier two-sample test (an MLP trained on half of the generated and real features, its accuracy on the other
+half, binomial p-value), on the first M (``--two-sample-num-samples``, default min(N, 2000)) of the same N generated
+and N real samples the other metrics use, in the feature space of ``--two-sample-features``: ``points`` (2-D
+mixtures, raw), ``classifier`` (the digit classifier's penultimate features; sum-25 tuples: the five digits'
+features side by side) or ``inception`` (pool3, 2048). A p-value below 0.05 says M samples tell the generator from
+the data.
+
 Everything that can be checked without data (arguments, checkpoint file, config, generators, the
 extractor's weights) is checked before any data is loaded or any sample drawn; bad input is one line
 ``lightning-gan: error: ...`` and exit code 2. Real features are cached by torch-fidelity under a name
@@ -36,20 +45,26 @@ from torch import Tensor
 from lightning_gan.cli_errors import PROG, USER_ERRORS, OneLineArgumentParser, fail
 from lightning_gan.data import GameDataModule, GaussianMixtureDataModule, Sum25DataModule
 from lightning_gan.metrics import ExtractorSpec, fidelity_metrics, mixture_metrics, resolve_extractor
+from lightning_gan.metrics.classifier import DATASETS
+from lightning_gan.metrics.features import DigitFeatureExtractor, InceptionFeatureExtractor
 from lightning_gan.metrics.fidelity import EXTRACTORS, METRICS
 from lightning_gan.metrics.image_metrics import default_extractor
 from lightning_gan.metrics.sum25 import (DEFAULT_THRESHOLD, Sum25Scorer, digit_extractor, format_sum25,
                                          plot_sum_histograms)
+from lightning_gan.metrics.two_sample import MIN_SAMPLES, classifier_two_sample_test, mmd_permutation_test
 from lightning_gan.module import GANModule, GeneratorChoice
 from lightning_gan.run_files import (check_overrides, find_config, kept_generators, load_run, load_weights,
                                      read_checkpoint, run_config)
 
-__all__ = ["Scorer", "build_parser", "evaluate", "find_config", "format_line", "load_run", "load_weights", "main",
-           "real_cache_name"]
+__all__ = ["Scorer", "TwoSamplePlan", "build_parser", "evaluate", "find_config", "format_line",
+           "format_two_sample_line", "load_run", "load_weights", "main", "real_cache_name"]
 
 GENERATORS: tuple[str, ...] = get_args(GeneratorChoice)
 TOY_METRICS = ("modes", "mmd", "energy")  # modes: modes covered and share of high-quality samples
 SUM25_METRICS = ("sum25",)  # Sum25DataModule: digits read by the MNIST classifier (lightning_gan.metrics.sum25)
+TWO_SAMPLE_FEATURES = ("auto", "classifier", "inception", "points")
+TWO_SAMPLE_DEFAULT_MAX = 2000  # default M = min(N, 2000): MMD's pooled kernel matrix holds (2M)^2 float64 numbers
+TWO_SAMPLE_LEVEL = 0.05
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{DEFAULT_THRESHOLD})")
     p.add_argument("--cache-dir", type=Path, metavar="DIR",
                    help="real-feature cache (default: $TORCH_HOME/fidelity_cache)")
+    p.add_argument("--two-sample", action="store_true",
+                   help="also run two-sample tests per generator (MMD permutation test and classifier two-sample "
+                        "test, each a statistic and a p-value): can M samples tell the generator from the data?")
+    p.add_argument("--two-sample-features", choices=TWO_SAMPLE_FEATURES, default="auto",
+                   help="feature space of the two-sample tests: points (2-D mixtures), classifier (the digit "
+                        "classifier's features; --extractor picks which), inception (pool3; --weights when "
+                        "--extractor is inception, else $LIGHTNING_GAN_INCEPTION_WEIGHTS or torch hub's cache); "
+                        "auto: points for 2-D data, the digit classifier for digit data, inception otherwise")
+    p.add_argument("--two-sample-num-samples", type=int, metavar="M",
+                   help=f"samples per side of the two-sample tests: the first M of the N generated and N real "
+                        f"samples (default min(N, {TWO_SAMPLE_DEFAULT_MAX}); MMD's kernel matrix is (2M)^2 float64)")
+    p.add_argument("--permutations", type=int, default=500, metavar="P",
+                   help="MMD test: random relabellings of the pooled sample (default 500; the smallest p-value "
+                        "is 1 / (P + 1))")
     return p
 
 
@@ -112,6 +141,16 @@ def _check_arguments(args: argparse.Namespace, overrides: list[str]) -> None:
     for name, low in (("num_samples", 2), ("batch_size", 1), ("kid_subsets", 1), ("is_splits", 1)):
         if getattr(args, name) < low:
             fail(f"Invalid --{name.replace('_', '-')}: {getattr(args, name)}; expected an integer >= {low}")
+    if args.two_sample:
+        m = _two_sample_size(args)
+        if not MIN_SAMPLES <= m <= args.num_samples:
+            fail(f"Invalid two-sample size: M = {m} (--two-sample-num-samples, default min(N, "
+                 f"{TWO_SAMPLE_DEFAULT_MAX})); the two-sample tests need {MIN_SAMPLES} <= M <= N = "
+                 f"{args.num_samples} (--num-samples) samples per side")
+        if args.permutations < 1:
+            fail(f"Invalid --permutations: {args.permutations}; expected an integer >= 1")
+    elif args.two_sample_features != "auto" or args.two_sample_num_samples is not None:
+        fail("Invalid --two-sample-features/--two-sample-num-samples without --two-sample; add --two-sample")
     if args.device == "cuda" and not torch.cuda.is_available():
         fail("Invalid --device: 'cuda'; CUDA is not available on this machine, use --device cpu")
     if not args.ckpt.is_file():
@@ -189,6 +228,118 @@ def format_line(which: str, values: dict[str, float], note: str) -> str:
     return f"{which}: {'  '.join(parts)}  ({note})"
 
 
+# -- two-sample tests ---------------------------------------------------------------------------------
+
+def _two_sample_size(args: argparse.Namespace) -> int:
+    if args.two_sample_num_samples is not None:
+        return args.two_sample_num_samples
+    return min(args.num_samples, TWO_SAMPLE_DEFAULT_MAX)
+
+
+@dataclass(frozen=True)
+class TwoSamplePlan:
+    """The two-sample tests of ``--two-sample``: M samples per side, in one feature space.
+
+    ``features`` is ``points`` (raw 2-D samples, ``network`` None), ``classifier`` (``network`` a digit data set:
+    its classifier's penultimate features; on sum-25 tuples the five digits' features concatenated) or
+    ``inception`` (pool3, 2048 features).
+    """
+
+    features: str
+    network: str | None
+    weights: Path | None
+    num_samples: int
+    permutations: int = 500
+    seed: int = 0
+    device: str = "cpu"
+    batch_size: int = 256
+    per_digit: bool = False  # sum-25 tuples: each channel is one 28x28 digit
+
+    @property
+    def label(self) -> str:
+        return self.features if self.network is None else f"{self.features} {self.network}"
+
+    def extractor(self) -> torch.nn.Module | None:
+        """The feature network (frozen, eval mode, on ``device``); None for raw points."""
+        if self.features == "points":
+            return None
+        if self.features == "inception":
+            return InceptionFeatureExtractor("2048", self.weights).to(self.device)
+        return DigitFeatureExtractor.from_file(self.network, self.weights, "features").to(self.device)
+
+    @torch.no_grad()
+    def embed(self, network: torch.nn.Module | None, samples: Tensor) -> Tensor:
+        """(M, D) float64 features of the first M samples."""
+        samples = samples[: self.num_samples]
+        if network is None:
+            return samples.reshape(samples.shape[0], -1).double().cpu()
+        if self.per_digit:  # (M, 5, 28, 28) -> (5M, 1, 28, 28) -> (M, 5 * features)
+            features = self.embed_images(network, samples.reshape(-1, 1, *samples.shape[2:]))
+            return features.reshape(samples.shape[0], -1)
+        return self.embed_images(network, samples)
+
+    def embed_images(self, network: torch.nn.Module, images: Tensor) -> Tensor:
+        out = [network(chunk.to(self.device)).double().cpu() for chunk in images.split(self.batch_size)]
+        return torch.cat(out).reshape(images.shape[0], -1)
+
+    def __call__(self, fake: Tensor, real: Tensor) -> dict[str, dict[str, Any]]:
+        """Both tests of generated against real features: ``{"mmd": {...}, "classifier": {...}}``."""
+        mmd = mmd_permutation_test(fake, real, permutations=self.permutations, seed=self.seed)
+        c2st = classifier_two_sample_test(fake, real, seed=self.seed)
+        return {"mmd": mmd.as_dict(), "classifier": c2st.as_dict()}
+
+
+def _plan_two_sample(args: argparse.Namespace, datamodule: GameDataModule, scorer: Scorer) -> TwoSamplePlan:
+    """The feature space of ``--two-sample`` checked against the data, and its network's weights resolved."""
+    name = type(datamodule).__name__
+    asked = args.two_sample_features
+    common = {"num_samples": _two_sample_size(args), "permutations": args.permutations, "seed": args.seed,
+              "device": args.device, "batch_size": args.batch_size}
+    if isinstance(datamodule, GaussianMixtureDataModule):
+        if asked not in ("auto", "points"):
+            raise ValueError(f"Invalid --two-sample-features: {asked!r} for {name}: its samples are 2-D points, not "
+                             f"images; use points (or auto)")
+        return TwoSamplePlan("points", None, None, **common)
+    if asked == "points":
+        raise ValueError(f"Invalid --two-sample-features: 'points' for {name}: its samples are images (raw points "
+                         f"are for 2-D mixtures); use classifier or inception (or auto)")
+    fid_network = scorer.spec.extractor if scorer.spec is not None else None
+    if isinstance(datamodule, Sum25DataModule):
+        if asked == "inception":
+            raise ValueError(f"Invalid --two-sample-features: 'inception' for {name}: its samples are five digits "
+                             f"stacked as channels, not an image Inception reads; use classifier (or auto)")
+        return TwoSamplePlan("classifier", "mnist", scorer.spec.weights if scorer.spec else None, per_digit=True,
+                             **common)
+    default = default_extractor(datamodule)
+    if asked == "auto":
+        asked = "inception" if default == "inception" else "classifier"
+    if asked == "inception":
+        weights = args.weights if fid_network == "inception" else None
+        return TwoSamplePlan("inception", None, resolve_extractor("inception", weights).weights, **common)
+    network = fid_network if fid_network in DATASETS else default
+    if network not in DATASETS:
+        raise ValueError(f"Invalid --two-sample-features: 'classifier' for {name}: no digit classifier fits its "
+                         f"images; use inception, or name a digit classifier with --extractor "
+                         f"({', '.join(DATASETS)})")
+    weights = args.weights if fid_network == network else None
+    return TwoSamplePlan("classifier", network, resolve_extractor(network, weights).weights, **common)
+
+
+def format_two_sample_line(which: str, test: dict[str, Any], note: str) -> str:
+    """``ema: mmd two-sample test: MMD^2 0.0123, p = 0.002 -> told apart at 0.05  (bandwidth 3.2, 500
+    permutations; M=2000 vs 2000, features classifier mnist, step 300)``."""
+    p = f"= {test['p_value']:.3g}" if test["p_value"] > 0 else "< 1e-300"  # binomial tails underflow to 0.0
+    if test["test"] == "mmd":
+        head = f"mmd two-sample test: MMD^2 {test['statistic']:.4g}, p {p}"
+        detail = f"bandwidth {test['detail']['bandwidth']:.3g}, {test['detail']['permutations']} permutations"
+    else:
+        head = f"classifier two-sample test: accuracy {test['statistic']:.3f}, p {p}"
+        detail = f"{test['detail']['correct']}/{test['detail']['held_out']} held-out correct"
+    verdict = "told apart" if test["p_value"] < TWO_SAMPLE_LEVEL else "not told apart"
+    return (f"{which}: {head} -> {verdict} at {TWO_SAMPLE_LEVEL}  ({detail}; M={test['num_x']} vs {test['num_y']}, "
+            f"{note})")
+
+
 # -- the command --------------------------------------------------------------------------------------
 
 def _note(message: str) -> None:
@@ -250,6 +401,7 @@ def evaluate(args: argparse.Namespace, overrides: Sequence[str] = ()) -> dict[st
                    "choose)")
     module, datamodule = load_run(ckpt, config, overrides)
     generators, scorer = _plan(args, module, datamodule)  # the extractor's weights are checked here, before any data
+    two_sample = _plan_two_sample(args, datamodule, scorer) if args.two_sample else None
     progress = load_weights(module, ckpt, config, checkpoint)
     module.to(args.device)
     n = args.num_samples
@@ -261,7 +413,11 @@ def evaluate(args: argparse.Namespace, overrides: Sequence[str] = ()) -> dict[st
         scorer = replace(scorer, cache_name=real_cache_name(datamodule, args.real_split, real))
     extractor = None if scorer.spec is None else scorer.spec.extractor
     note = f"N={n}" + (f", extractor {extractor}" if extractor else "") + f", step {progress['global_step']}"
-    results, sum25 = {}, None
+    results, sum25, tests = {}, None, {}
+    if two_sample is not None:
+        network = two_sample.extractor()
+        real_features = two_sample.embed(network, real)
+        test_note = f"features {two_sample.label}, step {progress['global_step']}"
     if scorer.sum25 is not None:  # the real tuples read the same way: the ceiling the classifier allows
         values, histogram = scorer.sum25(real)
         label = f"real ({args.real_split})"
@@ -274,7 +430,18 @@ def evaluate(args: argparse.Namespace, overrides: Sequence[str] = ()) -> dict[st
         else:
             results[which] = scorer(fake, real)
         print(format_line(which, results[which], note), flush=True)
+        if two_sample is not None:
+            tests[which] = two_sample(two_sample.embed(network, fake), real_features)
+            for test in tests[which].values():
+                print(format_two_sample_line(which, test, test_note), flush=True)
     extra = {} if sum25 is None else {"sum25": sum25}
+    if two_sample is not None:
+        extra["two_sample"] = {
+            "features": two_sample.features, "network": two_sample.network,
+            "weights": None if two_sample.weights is None else str(two_sample.weights),
+            "num_samples": two_sample.num_samples, "permutations": two_sample.permutations, "seed": two_sample.seed,
+            "level": TWO_SAMPLE_LEVEL, "results": tests,
+        }
     return {
         "checkpoint": str(ckpt), "config": config.label, **progress,
         "data": type(datamodule).__name__, "real_split": args.real_split, "num_samples": n, "seed": args.seed,
