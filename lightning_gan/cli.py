@@ -22,7 +22,6 @@ too, with an exit code a job script can act on (:mod:`lightning_gan.cli_errors`)
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import re
@@ -40,6 +39,7 @@ from lightning.pytorch import Trainer
 from lightning.fabric.utilities.rank_zero import _get_rank, rank_prefixed_message
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 import lightning_gan.distributed  # noqa: F401  (registers strategy "game_ddp" before any Trainer is built)
 from lightning_gan import distributed
@@ -49,10 +49,13 @@ from lightning_gan.checkpointing import with_atomic_checkpoint_io
 from lightning_gan.cli_errors import (DEFAULT_ROOT_DIR, EXIT_DIVERGED, EXIT_RANK_LOST, PROG, SEED_LOGGER, USER_ERRORS,
                                       RankLost, check_strategy, check_trainer_values, fail, full_disk_ends_run,
                                       held_log_lines, last_checkpoint_note, one_line, report)
+from lightning_gan.cli_help import FIT_DESCRIPTION, GANHelpFormatter
 from lightning_gan.data import GameDataModule
+from lightning_gan.diagnostics import SpectrumDiagnostics
 from lightning_gan.game.finite import DivergenceError
 from lightning_gan.module import GANModule
 from lightning_gan.resume import check_model, check_trainer, given_model_values, parse_resume_allow, plan_resume
+from lightning_gan.threads import choose_num_threads
 
 __all__ = ["GANArgumentParser", "GANCLI", "main"]
 
@@ -161,7 +164,8 @@ class GANCLI(LightningCLI):
 
     def __init__(self, args: Sequence[str] | dict[str, Any] | None = None, run: bool = True, **kwargs: Any) -> None:
         parser_kwargs = {"prog": PROG, "description": DESCRIPTION, "epilog": EPILOG,
-                         "formatter_class": argparse.RawDescriptionHelpFormatter}
+                         "formatter_class": GANHelpFormatter,
+                         "fit": {"description": FIT_DESCRIPTION}}
         parser_kwargs.update(kwargs.pop("parser_kwargs", {}))
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_class", GANArgumentParser)
@@ -187,15 +191,17 @@ class GANCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_argument(
             "--torch_num_threads", type=Optional[int], default=None,
-            help="Intra-op CPU threads of PyTorch per process (null: PyTorch's default; under DDP, Lightning's cores / "
-                 "processes). Small players run fastest with 1: several threads spin against each other on a busy "
-                 "machine. Also exported as OMP_NUM_THREADS, which Lightning's DDP and the ranks it launches respect.",
+            help="Intra-op CPU threads of PyTorch per process (null: $OMP_NUM_THREADS if set, else the cores available "
+                 "to the process / the ranks on its node, logged at the start). Small players run fastest with 1: "
+                 "several threads spin against each other on a busy machine. Also exported as OMP_NUM_THREADS, which "
+                 "Lightning's DDP and the ranks it launches respect.",
         )
         parser.add_lightning_class_args(SampleGrid, "samples")
         parser.add_lightning_class_args(ImageMetrics, "metrics")
         parser.add_lightning_class_args(FinalStepCheckpoint, "checkpoint")
         parser.add_lightning_class_args(SLURMRequeue, "requeue")
         parser.add_lightning_class_args(SignalCheckpoint, "signals")
+        parser.add_lightning_class_args(SpectrumDiagnostics, "diagnostics")  # off unless every_n_steps is set
         parser.add_argument(
             "--collective_timeout", type=float, default=DEFAULT_COLLECTIVE_TIMEOUT_S,
             help="Seconds a collective (gradient all-reduce, barrier) may wait for the other ranks before the job ends "
@@ -258,7 +264,12 @@ class GANCLI(LightningCLI):
         threads = config.get("torch_num_threads")
         if threads is not None:
             if threads < 1:
-                fail(f"Invalid torch_num_threads: {threads}; expected an integer >= 1, or null for PyTorch's default")
+                fail(f"Invalid torch_num_threads: {threads}; expected an integer >= 1, or null for the default")
+        elif not os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():  # else the user's (or the launcher's)
+            choice = choose_num_threads(config.trainer.get("devices"), config.trainer.get("accelerator"),
+                                        gpus_available=torch.cuda.device_count())
+            threads, self._threads_note = choice.threads, choice.message()
+        if threads is not None:
             os.environ["OMP_NUM_THREADS"] = str(threads)  # else game_ddp's setup resets it to cores / processes
             torch.set_num_threads(threads)
         timeout = config.get("collective_timeout")
@@ -290,6 +301,8 @@ class GANCLI(LightningCLI):
                 seed = self._get(self.config, "seed_everything")
                 if seed is not False and seed is not None:
                     logging.getLogger(SEED_LOGGER).info(rank_prefixed_message(f"Seed set to {seed}", _get_rank()))
+                if getattr(self, "_threads_note", None):
+                    rank_zero_info(self._threads_note)
                 super().instantiate_classes()
         except USER_ERRORS as error:
             fail(error)
@@ -339,6 +352,11 @@ class GANCLI(LightningCLI):
                 try:
                     callback.prepare(self.datamodule)  # feature-network weights are checked now, not after training
                 except USER_ERRORS as error:
+                    fail(error)
+            if isinstance(callback, SpectrumDiagnostics):
+                try:
+                    callback.check(self.model)  # diagnostics.k against the players' parameter count
+                except ValueError as error:
                     fail(error)
         create_log_dirs(trainer)
         return trainer
