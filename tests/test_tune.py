@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import Callback
 from tune.report import ConfigOptimizerScalars
 from tune.results import best_row
 from tune.search import concurrent_trials, main, parse_args, parse_resources
-from tune.space import SearchSpace, apply_params, load_space, plain
+from tune.space import Param, SearchSpace, apply_params, load_space, plain
 from tune.trainable import TrialSetup, trial_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,6 +112,20 @@ def test_a_space_that_breaks_the_config_fails_before_any_trial(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "is not a valid training config: Group 'model' does not accept option 'g_optimizer.lrr'" in err, err
     assert not list(tmp_path.glob("*/search_args.json"))  # nothing started
+
+
+@pytest.mark.parametrize(("params"), [
+    {"model.consensus": 1.0}, {"model.unroll_steps": 5}, {"model.lookahead.k": 5, "model.lookahead.alpha": 0.5},
+    {"model.loss": "rpgan", "model.r2_gamma": 0.1}, {"schedule_d": "inverse_sqrt", "model.d_optimizer.t0": 100.0},
+], ids=["consensus", "unrolled", "lookahead", "rpgan", "schedule"])
+def test_the_other_methods_knobs_are_searchable_as_dotted_paths(params):
+    """What a space samples for each second-wave method makes a config the CLI accepts (the search checks the
+    space's typical values the same way before any trial)."""
+    from tune.search import check_config
+
+    space = SearchSpace({name: Param.parse(name, {"distribution": "choice", "values": [value]})
+                         for name, value in params.items()}, "toy/live/mmd2", "min")
+    check_config(apply_params(_base(), space.typical()), "a space over " + ", ".join(params))
 
 
 def test_a_toy_metric_on_images_fails_before_any_trial(tmp_path, capsys):
