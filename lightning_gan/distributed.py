@@ -64,6 +64,7 @@ __all__ = [
     "GameDDPStrategy",
     "all_reduce_mean_",
     "all_reduce_mean_differentiable",
+    "all_gather_differentiable",
     "all_reduce_sum_",
     "agree_max",
     "broadcast_tensors_",
@@ -337,6 +338,41 @@ def all_reduce_mean_differentiable(tensor: Tensor) -> Tensor:
     if size == 1:
         return tensor
     return _AllReduceSum.apply(tensor) / size
+
+
+class _AllGather(torch.autograd.Function):
+    """y = cat(x_0, ..., x_{W-1}) on every rank; backward: this rank's rows of the cotangents' sum over ranks.
+
+    Every rank uses y, so the adjoint of "rank r's x_r goes into rows r of every rank's y" is the sum over ranks of
+    the cotangents of those rows: one all-reduce (SUM) of the whole cotangent, then this rank's slice. gloo has no
+    reduce-scatter, which would move only a 1/W share; the backward goes through :class:`_AllReduceSum`, so a double
+    backward (consensus) is differentiable too.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:  # type: ignore[override]
+        tensor = tensor.contiguous()
+        ctx.rows, ctx.rank = tensor.shape[0], dist.get_rank()
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor)
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        total = _AllReduceSum.apply(grad.contiguous())
+        return total[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
+def all_gather_differentiable(tensor: Tensor) -> Tensor:
+    """The ranks' ``tensor`` s concatenated along dim 0 in rank order, differentiable: one ``all_gather`` forward and
+    one ``all_reduce`` (SUM) of the full cotangent in each backward pass through it (rank r then keeps its rows), as
+    ``torch.distributed.nn.functional.all_gather``, which torch 2.14 deprecates. Every rank must pass the same shape.
+    Without a process group or with one rank it returns ``tensor`` itself (no collective). Used by the MMD loss
+    (:class:`lightning_gan.game.losses.MMDLoss`) to score the global batch on every rank.
+    """
+    if world_size() == 1:
+        return tensor
+    return _AllGather.apply(tensor)
 
 
 @torch.no_grad()

@@ -38,9 +38,16 @@ class GANModule(pl.LightningModule):
 
     Args:
         generator: player 0, ``z -> x``, with a ``latent_dim`` attribute.
-        discriminator: player 1, ``x -> score`` (one raw score per sample).
-        loss: ``minimax``, ``non_saturating``, ``wgan``, ``wgan_gp``, ``hinge``, ``rpgan`` or a GANLoss instance.
+        discriminator: player 1, ``x -> score`` (one raw score per sample; ``x -> [d]`` features for ``mmd``).
+        loss: ``minimax``, ``non_saturating``, ``wgan``, ``wgan_gp``, ``hinge``, ``rpgan``, ``mmd`` or a GANLoss
+            instance.
         gp_weight: gradient-penalty weight of ``wgan_gp``.
+        mmd_kernel: kernel mixture of ``mmd`` on D's features: ``rq`` (rational quadratic) or ``gaussian``.
+        mmd_scales: the mixture's alphas (``rq``) or bandwidths (``gaussian``), each > 0; null: rq {0.2, 0.5, 1, 2, 5}
+            (Binkowski et al. 2018), gaussian {2, 5, 10, 20, 40, 80} (their code). ``mmd`` needs a discriminator with
+            feature outputs (``features: 16``), accumulation 1 and a scheme other than svre (see
+            :class:`~lightning_gan.game.losses.MMDLoss`).
+        mmd_gp_weight: weight of ``mmd``'s gradient penalty on the witness function (1 in Binkowski et al.).
         r1_gamma: R1 penalty weight on real data (0 disables), for any loss.
         r2_gamma: R2 penalty weight on generated data (0 disables), for any loss; R3GAN uses r1_gamma = r2_gamma.
         scheme: ``simultaneous``, ``alternating``, ``extragradient``, ``past_extragradient``, ``optimistic``
@@ -79,6 +86,9 @@ class GANModule(pl.LightningModule):
         discriminator: nn.Module,
         loss: str | GANLoss = "non_saturating",
         gp_weight: float = 10.0,
+        mmd_kernel: str = "rq",
+        mmd_scales: list[float] | None = None,
+        mmd_gp_weight: float = 1.0,
         r1_gamma: float = 0.0,
         r2_gamma: float = 0.0,
         scheme: str = "simultaneous",
@@ -113,16 +123,26 @@ class GANModule(pl.LightningModule):
             raise ValueError(f"Invalid scheme: {scheme!r}; expected one of {', '.join(SCHEMES)}")
         self.scheme = make_scheme(scheme, n_dis)
         self.loss = _make_loss(loss, gp_weight=gp_weight, r1_gamma=r1_gamma, r2_gamma=r2_gamma,
-                               latent_bank_factor=latent_bank_factor)
+                               latent_bank_factor=latent_bank_factor,
+                               mmd={"kernel": mmd_kernel, "scales": mmd_scales, "gp_weight": mmd_gp_weight})
         if weight_clip is not None and not weight_clip > 0:
             raise ValueError(f"Invalid weight_clip: {weight_clip!r}; expected a number > 0, or null for no clipping")
         if isinstance(accumulation, bool) or not isinstance(accumulation, int) or accumulation < 1:
             raise ValueError(f"Invalid accumulation: {accumulation!r}; expected an integer >= 1")
+        if self.loss.feature_critic and accumulation > 1:
+            raise ValueError(f"Invalid accumulation: {accumulation} with loss mmd; MMD^2_u is a U-statistic of the "
+                             "whole batch, not a mean over micro-batches; expected 1 (raise the batch size instead)")
+        if self.loss.feature_critic and self.scheme.variance_reduced:
+            raise ValueError(f"Invalid scheme: {scheme!r} with loss mmd; SVRE's snapshot mean of per-batch fields is "
+                             "not the gradient of MMD^2_u (a U-statistic over pairs, not a mean over samples); "
+                             "expected another scheme")
         latent_dim = getattr(generator, "latent_dim", None)
         if not isinstance(latent_dim, int) or latent_dim < 1:
             raise ValueError(f"Invalid generator: {type(generator).__name__} has no integer `latent_dim` attribute")
         self.generator = generator
         self.discriminator = discriminator
+        if self.loss.feature_critic:
+            _check_feature_outputs(generator, discriminator, latent_dim)
         self.weight_clip = weight_clip
         self.accumulation = accumulation
         self.sync_batchnorm = sync_batchnorm
@@ -451,12 +471,32 @@ def _record_epoch_as_unfinished(trainer: pl.Trainer, checkpoint: dict[str, Any])
     checkpoint["epoch"] = epochs["current"]["completed"]
 
 
+@torch.no_grad()
+def _check_feature_outputs(generator: nn.Module, discriminator: nn.Module, latent_dim: int) -> None:
+    """Refuse, before training, a discriminator that emits one score per sample where ``loss: mmd`` needs features:
+    one eval-mode forward of G and D on two zero latents (no statistics move, no randomness drawn)."""
+    modes = [(m, m.training) for m in (*generator.modules(), *discriminator.modules())]
+    generator.eval(), discriminator.eval()
+    try:
+        first = next(generator.parameters(), None)
+        z = torch.zeros(2, latent_dim) if first is None else first.new_zeros(2, latent_dim)
+        outputs = discriminator(generator(z))
+    finally:
+        for m, training in modes:
+            m.training = training
+    if outputs.dim() != 2 or outputs.shape[0] != 2:
+        raise ValueError(f"Invalid discriminator output shape: {tuple(outputs.shape)} on 2 samples for loss mmd; "
+                         "expected features (N, d), e.g. the discriminator's `features: 16`")
+
+
 def _make_loss(loss: str | GANLoss, *, gp_weight: float, r1_gamma: float, r2_gamma: float,
-               latent_bank_factor: int | None) -> GANLoss:
+               latent_bank_factor: int | None, mmd: dict[str, Any] | None = None) -> GANLoss:
     if not isinstance(loss, GANLoss):
-        kwargs: dict[str, float] = {"r1_gamma": r1_gamma, "r2_gamma": r2_gamma}
+        kwargs: dict[str, Any] = {"r1_gamma": r1_gamma, "r2_gamma": r2_gamma}
         if loss == "wgan_gp":
             kwargs["gp_weight"] = gp_weight
+        if loss == "mmd":
+            kwargs.update(mmd or {})
         loss = get_loss(loss, **kwargs)
     if loss.relativistic and latent_bank_factor not in (None, 1):  # refused now, not at the first step
         raise ValueError(f"Invalid latent_bank_factor: {latent_bank_factor!r} with loss {loss!r}; relativistic "

@@ -86,6 +86,26 @@ def _split_scores(scores: Tensor, n_real: int, n_total: int) -> tuple[Tensor, Te
     return scores[:n_real], scores[n_real:]
 
 
+def _split_outputs(loss: GANLoss, outputs: Tensor, n_real: int, n_total: int) -> tuple[Tensor, Tensor]:
+    """D's outputs on ``cat([real, fake])`` -> (real, fake) scores, or the global batch's features for a feature
+    critic (:meth:`lightning_gan.game.losses.MMDLoss.split_features`, one all-gather across ranks)."""
+    if getattr(loss, "feature_critic", False):
+        if outputs.shape[0] != n_total:
+            raise ValueError(f"Invalid discriminator output shape: {tuple(outputs.shape)}; expected features "
+                             f"for each of the {n_total} samples, ({n_total}, d)")
+        return loss.split_features(outputs, n_real)  # type: ignore[attr-defined]
+    return _split_scores(outputs, n_real, n_total)
+
+
+def _penalty(loss: GANLoss, discriminator: nn.Module, real: Tensor, fake: Tensor, d_real: Tensor, d_fake: Tensor,
+             generator_rng: torch.Generator | None) -> Tensor | None:
+    """D's penalty; a feature critic's also gets the batch's features (MMD's witness)."""
+    if getattr(loss, "feature_critic", False):
+        return loss.penalty(discriminator, real, fake, generator=generator_rng,  # type: ignore[call-arg]
+                            features=(d_real, d_fake))
+    return loss.penalty(discriminator, real, fake, generator=generator_rng)
+
+
 def uses_batch_statistics(module: nn.Module) -> list[str]:
     """Names of the BatchNorm layers of ``module`` that normalise with batch statistics right now."""
     return [
@@ -141,7 +161,11 @@ def gan_field(
     ``players`` asks for one player's gradient only (alternating steps): for D alone, G runs without
     a graph; for G alone, D scores the fakes alone (no real batch, no penalty) unless a BatchNorm on
     batch statistics in D couples them to the real samples, or the loss is relativistic (its L_G
-    needs the paired real scores). The other player's list is then empty.
+    needs the paired real scores) or a feature critic's (MMD). The other player's list is then empty.
+
+    A feature critic's loss (``loss.feature_critic``, :class:`~lightning_gan.game.losses.MMDLoss`) takes D's
+    outputs as features ``[N, d]`` of the global batch, gathered across ranks with one differentiable all-gather
+    per D forward on ``cat([real, fake])`` (and one all-reduce in each backward pass through it).
 
     Nothing is written: no parameter moves, ``.grad`` is neither read nor
     written (``torch.autograd.grad``, not ``.backward()``), so any scheme may
@@ -183,10 +207,10 @@ def gan_field(
         _check_fake(fake, real)
         n_real = real.shape[0]
         scores = discriminator(torch.cat([real, fake]))
-        d_real, d_fake = _split_scores(scores, n_real, n_real + fake.shape[0])
+        d_real, d_fake = _split_outputs(loss, scores, n_real, n_real + fake.shape[0])
 
         loss_d = loss.discriminator_loss(d_real, d_fake)
-        penalty = loss.penalty(discriminator, real, fake, generator=generator_rng)
+        penalty = _penalty(loss, discriminator, real, fake, d_real, d_fake, generator_rng)
         if penalty is not None:
             loss_d = loss_d + penalty
         loss_g = _generator_loss(loss, d_real, d_fake)
@@ -212,8 +236,11 @@ def gan_field(
 
 
 def _generator_loss(loss: GANLoss, d_real: Tensor | None, d_fake: Tensor) -> Tensor:
-    """L_G; a relativistic loss also gets the paired real scores (a constant for G without BatchNorm in D)."""
-    return loss.generator_loss(d_fake, d_real) if loss.relativistic else loss.generator_loss(d_fake)
+    """L_G; a relativistic loss also gets the paired real scores (a constant for G without BatchNorm in D), a
+    feature critic's the real features."""
+    if loss.relativistic or getattr(loss, "feature_critic", False):
+        return loss.generator_loss(d_fake, d_real)  # type: ignore[call-arg]
+    return loss.generator_loss(d_fake)
 
 
 def _check_fake(fake: Tensor, real: Tensor) -> None:
@@ -232,9 +259,10 @@ def _one_player_field(generator: nn.Module, discriminator: nn.Module, loss: GANL
             fake = generator(z)
             _check_fake(fake, real)
             d_real = None
-            if uses_batch_statistics(discriminator) or loss.relativistic:  # L_G sees the real batch
+            # L_G sees the real batch: coupled by BatchNorm, paired (rpgan), or features (mmd)
+            if uses_batch_statistics(discriminator) or loss.relativistic or getattr(loss, "feature_critic", False):
                 scores = discriminator(torch.cat([real, fake]))
-                d_real, d_fake = _split_scores(scores, real.shape[0], real.shape[0] + fake.shape[0])
+                d_real, d_fake = _split_outputs(loss, scores, real.shape[0], real.shape[0] + fake.shape[0])
             else:
                 d_fake = _split_scores(discriminator(fake), 0, fake.shape[0])[1]
             loss_g = _generator_loss(loss, d_real, d_fake)
@@ -244,9 +272,9 @@ def _one_player_field(generator: nn.Module, discriminator: nn.Module, loss: GANL
             fake = generator(z)
         _check_fake(fake, real)
         n_real = real.shape[0]
-        d_real, d_fake = _split_scores(discriminator(torch.cat([real, fake])), n_real, n_real + fake.shape[0])
+        d_real, d_fake = _split_outputs(loss, discriminator(torch.cat([real, fake])), n_real, n_real + fake.shape[0])
         loss_d = loss.discriminator_loss(d_real, d_fake)
-        penalty = loss.penalty(discriminator, real, fake, generator=generator_rng)
+        penalty = _penalty(loss, discriminator, real, fake, d_real, d_fake, generator_rng)
         if penalty is not None:
             loss_d = loss_d + penalty
         grads = _grad(loss_d, trainable_parameters(discriminator), retain_graph=False)

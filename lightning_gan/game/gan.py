@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from lightning_gan.game.field import FieldValue, _check_fake, _generator_loss, gan_field
+from lightning_gan.game.field import FieldValue, _check_fake, _generator_loss, _penalty, _split_outputs, gan_field
 from lightning_gan.game.losses import GANLoss
 
 MicroBatch = tuple[Tensor, Tensor]  # (real, z)
@@ -146,12 +146,7 @@ class GANObjective:
 
     def _scores(self, discriminator: Any, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor]:
         scores = discriminator(torch.cat([real, fake]))
-        n_real, n_total = real.shape[0], real.shape[0] + fake.shape[0]
-        if scores.numel() != n_total or scores.dim() > 2:
-            raise ValueError(f"Invalid discriminator output shape: {tuple(scores.shape)}; "
-                             f"expected one score per sample, ({n_total},) or ({n_total}, 1)")
-        scores = scores.reshape(n_total)
-        return scores[:n_real], scores[n_real:]
+        return _split_outputs(self.game.loss, scores, real.shape[0], real.shape[0] + fake.shape[0])
 
     def discriminator_loss(self, params: Sequence[Tensor] | None) -> Tensor:
         discriminator, loss = self._discriminator(params), self.game.loss
@@ -159,7 +154,7 @@ class GANObjective:
         for (real, _), fake in zip(self.sample, self.fakes):
             d_real, d_fake = self._scores(discriminator, real, fake)
             loss_d = loss.discriminator_loss(d_real, d_fake)
-            penalty = loss.penalty(discriminator, real, fake, generator=self.game.penalty_rng)
+            penalty = _penalty(loss, discriminator, real, fake, d_real, d_fake, self.game.penalty_rng)
             if penalty is not None:
                 loss_d = loss_d + penalty
             if params is None:

@@ -106,11 +106,15 @@ class DCGANDiscriminator(nn.Module):
         negative_slope: LeakyReLU slope (reference: 0.01, PyTorch's ``F.leaky_relu`` default).
         init_std: Std of the N(0, init_std) weight init with zero biases (reference: 0.02); None keeps
             PyTorch's default initialisation.
+        features: Outputs per sample: 1 gives one score, ``(N,)``; more give features ``(N, features)`` for a
+            feature critic's loss (``loss: mmd``; 16 in Binkowski et al.'s MMD GAN).
     """
 
     def __init__(self, channels: int = 1, image_size: int = 28, base_width: int = 64, batch_norm: bool = False,
-                 negative_slope: float = 0.01, init_std: float | None = 0.02) -> None:
+                 negative_slope: float = 0.01, init_std: float | None = 0.02, features: int = 1) -> None:
         start, stages = _check_args(image_size, channels=channels, base_width=base_width, init_std=init_std)
+        if isinstance(features, bool) or not isinstance(features, int) or features < 1:
+            raise ValueError(f"Invalid features: {features!r}; expected an integer >= 1")
         if negative_slope < 0:
             raise ValueError(f"Invalid negative_slope: {negative_slope}; expected a number >= 0")
         super().__init__()
@@ -125,8 +129,10 @@ class DCGANDiscriminator(nn.Module):
             ]
             width *= 2
         self.features = nn.Sequential(*layers)
-        self.score = nn.Linear(width * start * start, 1)
+        self.score = nn.Linear(width * start * start, features)
+        self.num_features = features
         _init_normal(self, init_std)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.score(torch.flatten(self.features(x), 1)).squeeze(-1)
+        out = self.score(torch.flatten(self.features(x), 1))
+        return out.squeeze(-1) if self.num_features == 1 else out

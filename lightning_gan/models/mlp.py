@@ -93,15 +93,20 @@ class MLPDiscriminator(nn.Module):
         hidden_dim: Width of every hidden layer.
         num_layers: Number of hidden layers (each Linear + activation).
         activation: Hidden activation (``leaky_relu`` has slope 0.2).
+        features: Outputs per sample: 1 gives one score, ``(N,)``; more give features ``(N, features)`` for a
+            feature critic's loss (``loss: mmd``; 16 in Binkowski et al.'s MMD GAN).
     """
 
     def __init__(self, input_dim: int = 2, hidden_dim: int = 128, num_layers: int = 3,
-                 activation: Activation = "leaky_relu") -> None:
-        for name, value in [("input_dim", input_dim), ("hidden_dim", hidden_dim), ("num_layers", num_layers)]:
+                 activation: Activation = "leaky_relu", features: int = 1) -> None:
+        for name, value in [("input_dim", input_dim), ("hidden_dim", hidden_dim), ("num_layers", num_layers),
+                            ("features", features)]:
             _check_positive(name, value)
         super().__init__()
         self.input_dim = input_dim
-        self.net = _mlp(input_dim, hidden_dim, num_layers, 1, _activation(activation))
+        self.features = features
+        self.net = _mlp(input_dim, hidden_dim, num_layers, features, _activation(activation))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(torch.flatten(x, 1)).squeeze(-1)
+        out = self.net(torch.flatten(x, 1))
+        return out.squeeze(-1) if self.features == 1 else out
