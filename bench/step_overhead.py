@@ -28,11 +28,22 @@ The module runs with its fault guards, as the command does: the finite check of 
 (``check_finite``) and the signal agreement (:class:`~lightning_gan.callbacks.SignalCheckpoint`, one all-reduce of
 one integer per iteration on several ranks, nothing on one). ``--compare FEATURE`` times the module with and without
 one feature in the same repetition (each fit paired with its own baseline iterations) and reports the feature's cost
-as the ratio of the two ratios: ``guards``, ``lookahead`` (Lookahead-minmax, k 5, alpha 0.5), ``schedule``
-(inverse-square-root decay with warm-up for both players), ``consensus`` (gamma 10: F + gamma J^T F, a double
-backward per evaluation) or ``unrolled`` (G's field through 5 differentiable Adam steps of D). ``--compare guards``
-also times the agreement's all-reduce on 2 gloo processes against the all-reduce of the model's gradients, the
-collective every evaluation makes anyway.
+as the ratio of the two ratios: ``guards``, ``lookahead`` (Lookahead-minmax, k 5, alpha 0.5) or ``schedule``
+(inverse-square-root decay with warm-up for both players). ``--compare guards`` also times the agreement's all-reduce
+on 2 gloo processes against the all-reduce of the model's gradients, the collective every evaluation makes anyway.
+
+``--compare consensus`` (gamma 10: F + gamma J^T F, a double backward per evaluation) and ``--compare unrolled``
+(G's field through k = 5 differentiable Adam steps of D) pair the module with the feature with a hand loop with the
+same feature, :class:`ConsensusHandLoop` (F from ``autograd.grad(..., create_graph=True)``, J^T F =
+``autograd.grad(F, params, grad_outputs=F.detach())``, F + gamma J^T F to ``.grad``) or :class:`UnrolledHandLoop`
+(k steps of D's Adam written out from D's Adam state, ``torch.func.functional_call`` on D, D's own step plain), and
+the module without it with the plain hand loop, in the same repetition. The main table is then the library's
+overhead for that method (module with / hand loop with, ``max param diff`` with the feature on both sides: it checks
+the hand loop: 0 today, every scheme on mlp, simultaneous and alternating1 on dcgan28); the second table gives the
+feature's own cost in each (module with / without, hand loop with / without) and the plain ratio of the same
+repetitions:
+
+    python bench/step_overhead.py --model mlp --schemes simultaneous alternating1 --compare unrolled --threads 1
 """
 
 from __future__ import annotations
@@ -129,6 +140,22 @@ class HandLoop:
         for p, g in zip(self.g_params, torch.autograd.grad(loss_g, self.g_params)):
             p.grad = g
 
+    def d_grad(self, real: Tensor) -> None:
+        """D's gradient alone (an alternating D step): G runs without a graph."""
+        with torch.no_grad():
+            fake = self.G(self.z())
+        scores = self.D(torch.cat([real, fake]))
+        n = real.shape[0]
+        loss_d = F.softplus(-scores[:n]).mean() + F.softplus(scores[n:]).mean()
+        for p, g in zip(self.d_params, torch.autograd.grad(loss_d, self.d_params)):
+            p.grad = g
+
+    def g_grad(self, real: Tensor) -> None:
+        """G's gradient alone (an alternating G step): D scores samples independently, so the fakes alone."""
+        loss_g = F.softplus(-self.D(self.G(self.z()))).mean()
+        for p, g in zip(self.g_params, torch.autograd.grad(loss_g, self.g_params)):
+            p.grad = g
+
     def step(self, batch: Tensor) -> None:
         """One game iteration on a loader batch of ``draws x batch_size`` samples."""
         reals = batch.split(self.batch_size)
@@ -152,23 +179,119 @@ class HandLoop:
                 opt.step()
         else:  # alternating: n_dis D steps on fresh samples, then G at the new D
             for k in range(self.n_dis):
-                with torch.no_grad():
-                    fake = self.G(self.z())
-                scores = self.D(torch.cat([reals[k], fake]))
-                n = reals[k].shape[0]
-                loss_d = F.softplus(-scores[:n]).mean() + F.softplus(scores[n:]).mean()
-                for p, g in zip(self.d_params, torch.autograd.grad(loss_d, self.d_params)):
-                    p.grad = g
+                self.d_grad(reals[k])
                 self.opt_d.step()
-            loss_g = F.softplus(-self.D(self.G(self.z()))).mean()  # D scores samples independently: fakes alone
-            for p, g in zip(self.g_params, torch.autograd.grad(loss_g, self.g_params)):
-                p.grad = g
+            self.g_grad(reals[self.n_dis])
             self.opt_g.step()
         if self.averages:
             with torch.no_grad():
                 self.n_averaged += 1
                 for average, decay in self.averages:
                     torch._foreach_lerp_(average, self.avg_src, 1.0 / self.n_averaged if decay is None else 1 - decay)
+
+
+class ConsensusHandLoop(HandLoop):
+    """The hand loop with consensus optimization (Mescheder et al. 2017; ``ConsensusOptimizer`` of github
+    LMescheder/TheNumericsOfGANs): each evaluation writes F + gamma J^T F to ``.grad``, with F from
+    ``torch.autograd.grad(..., create_graph=True)`` of both players' losses and J^T F = the gradient of 1/2 ||F||^2
+    (``autograd.grad(F, params, grad_outputs=F.detach())``). The scheme's optimizer calls are unchanged. A one-player
+    (alternating) evaluation computes the whole F and keeps that player's part, as the module does."""
+
+    def __init__(self, *args, gamma: float = 10.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gamma = gamma
+
+    def consensus_grads(self, real: Tensor, params: list[Tensor]) -> None:
+        """``.grad`` of ``params`` (one player's or both players') = their part of F + gamma J^T F."""
+        fake = self.G(self.z())
+        scores = self.D(torch.cat([real, fake]))
+        d_real, d_fake = scores[: real.shape[0]], scores[real.shape[0]:]
+        loss_d = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+        loss_g = F.softplus(-d_fake).mean()
+        field = [*torch.autograd.grad(loss_g, self.g_params, retain_graph=True, create_graph=True),
+                 *torch.autograd.grad(loss_d, self.d_params, create_graph=True)]
+        detached = [f.detach() for f in field]
+        pairs = [(f, c) for f, c in zip(field, detached) if f.requires_grad]
+        jtf = torch.autograd.grad([f for f, _ in pairs], params, grad_outputs=[c for _, c in pairs],
+                                  allow_unused=True)
+        own = dict(zip(map(id, self.g_params + self.d_params), detached))
+        for p, j in zip(params, jtf):
+            p.grad = own[id(p)] if j is None else own[id(p)].add(j, alpha=self.gamma)
+
+    def both_grads(self, real: Tensor) -> None:
+        self.consensus_grads(real, self.g_params + self.d_params)
+
+    def d_grad(self, real: Tensor) -> None:
+        self.consensus_grads(real, self.d_params)
+
+    def g_grad(self, real: Tensor) -> None:
+        self.consensus_grads(real, self.g_params)
+
+
+def _safe_sqrt(v: Tensor) -> Tensor:
+    """sqrt(v), v >= 0, with derivative 0 instead of inf (inf x 0 = NaN in the backward pass) where v == 0."""
+    positive = v > 0
+    return torch.where(positive, torch.where(positive, v, torch.ones_like(v)).sqrt(), torch.zeros_like(v))
+
+
+class UnrolledHandLoop(HandLoop):
+    """The hand loop with an unrolled D (Metz et al. 2017; github poolio/unrolled_gan): D takes its normal step on its
+    gradient at (theta, phi); G's gradient is that of L_G(theta, phi_k(theta)) through ``k`` differentiable steps of
+    D's Adam from D's current Adam state (m, v, step), on the same batch, written out by hand (eps outside the square
+    root, as ``torch.optim.Adam``), with ``torch.func.functional_call`` on D with the unrolled parameters.
+    D's first unrolled gradient (at phi) is D's field. An alternating D step is plain; the G step unrolls (on the
+    G step's own batch, real and fake scored together)."""
+
+    def __init__(self, *args, k: int = 5, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.k = k
+        self.d_names = [name for name, _ in self.D.named_parameters()]
+
+    def unrolled_grads(self, real: Tensor) -> list[Tensor]:
+        """Writes G's unrolled gradient to ``.grad``; returns D's plain gradient at phi (detached)."""
+        fake = self.G(self.z())
+        n = real.shape[0]
+
+        def loss_d(scores: Tensor) -> Tensor:
+            return F.softplus(-scores[:n]).mean() + F.softplus(scores[n:]).mean()
+
+        # one cat per D forward, as the module's objective: the fakes' cotangents then add up in the same order
+        def scores_at(phi: list[Tensor]) -> Tensor:  # D at substituted parameters (buffers copied: none here)
+            tensors = {name: b.clone() for name, b in self.D.named_buffers()} | dict(zip(self.d_names, phi))
+            return torch.func.functional_call(self.D, tensors, (torch.cat([real, fake]),))
+
+        group = self.opt_d.param_groups[0]
+        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        states = [self.opt_d.state.get(p, {}) for p in self.d_params]
+        m = [s["exp_avg"].detach() if "step" in s else torch.zeros_like(p) for s, p in zip(states, self.d_params)]
+        v = [s["exp_avg_sq"].detach() if "step" in s else torch.zeros_like(p) for s, p in zip(states, self.d_params)]
+        step = float(states[0]["step"]) if "step" in states[0] else 0.0  # one step count: all stepped together
+        phi, d_field = list(self.d_params), None
+        for j in range(self.k):
+            scores = self.D(torch.cat([real, fake])) if j == 0 else scores_at(phi)
+            grads = torch.autograd.grad(loss_d(scores), phi, create_graph=True)
+            if j == 0:
+                d_field = [g.detach() for g in grads]
+            step += 1
+            bias_correction1, bias_correction2_sqrt = 1 - beta1 ** step, (1 - beta2 ** step) ** 0.5
+            m = [mi.lerp(g, 1 - beta1) for mi, g in zip(m, grads)]
+            v = [vi.mul(beta2).addcmul(g, g, value=1 - beta2) for vi, g in zip(v, grads)]
+            phi = [p.sub(mi.div((_safe_sqrt(vi) / bias_correction2_sqrt).add(eps)).mul(lr / bias_correction1))
+                   for p, mi, vi in zip(phi, m, v)]
+        loss_g = F.softplus(-scores_at(phi)[n:]).mean()
+        for p, g in zip(self.g_params, torch.autograd.grad(loss_g, self.g_params)):
+            p.grad = g
+        return d_field
+
+    def both_grads(self, real: Tensor) -> None:
+        for p, g in zip(self.d_params, self.unrolled_grads(real)):
+            p.grad = g
+
+    def g_grad(self, real: Tensor) -> None:
+        self.unrolled_grads(real)
+
+
+HAND_LOOPS: dict[str, type[HandLoop]] = {"consensus": ConsensusHandLoop, "unrolled": UnrolledHandLoop}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -259,14 +382,24 @@ def fit_module(module: GANModule, batches: list[Tensor], iterations: int, timer:
     assert trainer.global_step == iterations, (trainer.global_step, iterations)
 
 
-def max_param_difference(model: str, scheme: str, batch_size: int, steps: int = 3) -> float:
-    """Max |module - baseline| over both players' parameters and buffers after ``steps`` iterations from one init."""
+def make_loop(generator: nn.Module, discriminator: nn.Module, scheme: str, *, batch_size: int,
+              averaging: bool = False, feature: str | None = None) -> HandLoop:
+    """The hand loop, with ``feature`` (``consensus`` or ``unrolled``, as :func:`make_module` sets them) or plain."""
+    return HAND_LOOPS.get(feature, HandLoop)(generator, discriminator, scheme, batch_size=batch_size,
+                                             averaging=averaging)
+
+
+def max_param_difference(model: str, scheme: str, batch_size: int, steps: int = 3,
+                         feature: str | None = None) -> float:
+    """Max |module - baseline| over both players' parameters and buffers after ``steps`` iterations from one init,
+    both with ``feature`` (``consensus``, ``unrolled``) or both plain."""
     g, d, shape = make_players(model)
     draws = _draws(scheme)
     batches = make_batches(shape, draws * batch_size, count=steps)
-    module = make_module(copy.deepcopy(g), copy.deepcopy(d), scheme, averaging=False)
+    module = make_module(copy.deepcopy(g), copy.deepcopy(d), scheme, averaging=False,
+                         consensus=feature == "consensus", unrolled=feature == "unrolled")
     fit_module(module, batches, steps)
-    loop = HandLoop(g, d, scheme, batch_size=batch_size)
+    loop = make_loop(g, d, scheme, batch_size=batch_size, feature=feature)
     for batch in batches:
         loop.step(batch)
     ours = [*module.generator.state_dict().values(), *module.discriminator.state_dict().values()]
@@ -297,15 +430,25 @@ class Row:
     max_param_diff: float
     repeats: int
     compared: str = "none"
-    feature_cost: float | None = None  # (ratio with the compared feature) / (ratio without), median over repeats
+    # guards, lookahead, schedule: (ratio with the compared feature) / (ratio without), median over repeats;
+    # consensus, unrolled: module with / module without (fit times), median over repeats
+    feature_cost: float | None = None
     feature_cost_min: float | None = None
     feature_cost_max: float | None = None
+    # consensus, unrolled (the row's ratio is then module with / hand loop with): hand loop with / hand loop
+    # without, and the plain ratio (module without / hand loop without) of the same repetitions
+    hand_feature_cost: float | None = None
+    hand_feature_cost_min: float | None = None
+    hand_feature_cost_max: float | None = None
+    plain_ratio: float | None = None
 
 
 def _timed_fit(g0: nn.Module, d0: nn.Module, scheme: str, batches: list[Tensor], *, batch_size: int, warmup: int,
                iterations: int, averaging: bool, compared: str, on: bool, before: bool) -> tuple[float, float, float]:
-    """One fit of the module (with the compared feature ``on`` or off) paired with baseline iterations."""
-    loop = HandLoop(copy.deepcopy(g0), copy.deepcopy(d0), scheme, batch_size=batch_size, averaging=averaging)
+    """One fit of the module (with the compared feature ``on`` or off) paired with baseline iterations: the hand
+    loop with the same feature for consensus and unrolled, the plain hand loop otherwise."""
+    loop = make_loop(copy.deepcopy(g0), copy.deepcopy(d0), scheme, batch_size=batch_size, averaging=averaging,
+                     feature=compared if on and compared in HAND_LOOPS else None)
     guards = on or compared != "guards"
     module = make_module(copy.deepcopy(g0), copy.deepcopy(d0), scheme, averaging, guards=guards,
                          lookahead=on and compared == "lookahead", schedule=on and compared == "schedule",
@@ -327,13 +470,22 @@ def bench_one(model: str, scheme: str, *, batch_size: int, warmup: int, iteratio
             timings[v].append(_timed_fit(g0, d0, scheme, batches, batch_size=batch_size, warmup=warmup,
                                          iterations=iterations, averaging=averaging, compared=compared, on=v,
                                          before=r % 2 == 1))  # A B A B ..., then B A B A ...
-    base, fit, step = (list(xs) for xs in zip(*timings[False if compared != "none" else True]))
+    with_hand_loop = compared in HAND_LOOPS  # the table: module with the feature / hand loop with the feature
+    base, fit, step = (list(xs) for xs in zip(*timings[compared == "none" or with_hand_loop]))
     ratios = [f / b for f, b in zip(fit, base)]
     ms = lambda xs: 1e3 * statistics.median(xs)  # noqa: E731
     row = Row(model, scheme, ms(base), ms(fit), ms(step), statistics.median(ratios), min(ratios), max(ratios),
               statistics.median(s / b for s, b in zip(step, base)),
-              max_param_difference(model, scheme, batch_size), repeats, compared)
-    if compared != "none":
+              max_param_difference(model, scheme, batch_size, feature=compared if with_hand_loop else None),
+              repeats, compared)
+    if with_hand_loop:
+        spread = lambda xs: (statistics.median(xs), min(xs), max(xs))  # noqa: E731
+        pairs = list(zip(timings[True], timings[False]))
+        row.feature_cost, row.feature_cost_min, row.feature_cost_max = spread([on[1] / off[1] for on, off in pairs])
+        row.hand_feature_cost, row.hand_feature_cost_min, row.hand_feature_cost_max = spread(
+            [on[0] / off[0] for on, off in pairs])
+        row.plain_ratio = statistics.median(off[1] / off[0] for _, off in pairs)
+    elif compared != "none":
         costs = [(f_on / b_on) / (f_off / b_off)
                  for (b_on, f_on, _), (b_off, f_off, _) in zip(timings[True], timings[False])]
         row.feature_cost, row.feature_cost_min, row.feature_cost_max = (statistics.median(costs), min(costs),
@@ -397,7 +549,17 @@ def markdown(rows: list[Row], header: str) -> str:
         lines.append(f"| {r.scheme} | {r.model} | {r.baseline_ms:.3f} | {r.module_fit_ms:.3f} | "
                      f"{r.ratio:.3f} ({r.ratio_min:.3f}-{r.ratio_max:.3f}) | {r.module_step_ms:.3f} | "
                      f"{r.step_ratio:.3f} | {r.module_fit_ms - r.module_step_ms:.3f} | {r.max_param_diff:.1e} |")
-    if any(r.feature_cost is not None for r in rows):
+    if rows and rows[0].compared in HAND_LOOPS:
+        lines[0] += (f"; module and hand loop both with {rows[0].compared} "
+                     f"({'gamma 10' if rows[0].compared == 'consensus' else 'k 5, Adam'})")
+        lines += ["", f"Cost of {rows[0].compared} in each, same repetitions (module with / without: fit times; hand "
+                  "loop with / without), and the plain ratio (module without / hand loop without):", "",
+                  "| scheme | model | module with / without (min-max) | hand loop with / without (min-max) "
+                  "| plain ratio |", "|---|---|---|---|---:|"]
+        lines += [f"| {r.scheme} | {r.model} | {r.feature_cost:.3f} ({r.feature_cost_min:.3f}-"
+                  f"{r.feature_cost_max:.3f}) | {r.hand_feature_cost:.3f} ({r.hand_feature_cost_min:.3f}-"
+                  f"{r.hand_feature_cost_max:.3f}) | {r.plain_ratio:.3f} |" for r in rows]
+    elif any(r.feature_cost is not None for r in rows):
         lines += ["", f"Cost of {rows[0].compared}: module-with / module-without, each as a ratio to its own paired "
                   "baseline iterations (the table above is the module without it):", "",
                   "| scheme | model | with / without (min-max) |", "|---|---|---|"]
@@ -420,7 +582,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--compare", choices=COMPARED, default="none",
                         help="time the module with and without this feature: guards (finite check and signal "
                              "agreement), lookahead (k 5, alpha 0.5), schedule (inverse sqrt with warm-up), "
-                             "consensus (gamma 10) or unrolled (5 unrolled D steps)")
+                             "consensus (gamma 10) or unrolled (5 unrolled D steps); consensus and unrolled also "
+                             "time a hand loop with the feature, and the table is then module / hand loop, both "
+                             "with it")
     parser.add_argument("--out", type=Path, default=None, help="write the table (.md) or rows (.json) here")
     args = parser.parse_args(argv)
 

@@ -37,6 +37,24 @@ def test_step_overhead_smoke_run(step_overhead, tmp_path):
     assert len(json.loads(out.read_text())["rows"]) == len(rows)
 
 
+@pytest.mark.parametrize("feature", ["consensus", "unrolled"])
+def test_step_overhead_feature_hand_loops(step_overhead, feature):
+    """--compare consensus/unrolled: module and hand loop both with the feature, and the hand loop is right."""
+    threads = torch.get_num_threads()
+    try:
+        rows = step_overhead.main(["--model", "mlp", "--schemes", "simultaneous", "alternating1", "--iterations", "2",
+                                   "--warmup", "1", "--repeats", "1", "--batch-size", "8", "--threads", "1",
+                                   "--compare", feature])
+    finally:
+        torch.set_num_threads(threads)
+    assert [r.scheme for r in rows] == ["simultaneous", "alternating1"]
+    for r in rows:
+        assert r.compared == feature and r.baseline_ms > 0 and r.module_fit_ms > 0
+        assert r.feature_cost > 0 and r.hand_feature_cost > 0 and r.plain_ratio > 0
+        # the hand-written consensus / unrolled loop computes what the module computes (bit for bit today)
+        assert r.max_param_diff < 1e-6, (r.scheme, r.max_param_diff)
+
+
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 
