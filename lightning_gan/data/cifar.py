@@ -54,10 +54,12 @@ class CIFAR10DataModule(GameDataModule):
         batch_size: Micro-batch per rank and per draw.
         num_workers: DataLoader worker processes.
         seed: Seed of the shuffling.
+        on_device: Keep the training set on the trainer's device and gather batches there (the same batches).
     """
 
-    def __init__(self, root: str, batch_size: int = 64, num_workers: int = 0, seed: int = 0) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+    def __init__(self, root: str, batch_size: int = 64, num_workers: int = 0, seed: int = 0,
+                 on_device: bool = False) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, on_device=on_device)
         self.root = root
         self.train_labels: Tensor | None = None
         self.val_labels: Tensor | None = None

@@ -26,15 +26,16 @@ class DigitsDataModule(GameDataModule):
         batch_size: Micro-batch per rank and per draw.
         num_workers: DataLoader worker processes.
         seed: Seed of the train/held-out split and of the shuffling.
+        on_device: Keep the training set on the trainer's device and gather batches there (the same batches).
     """
 
     def __init__(self, image_size: int = 8, val_fraction: float = 0.1, batch_size: int = 64, num_workers: int = 0,
-                 seed: int = 0) -> None:
+                 seed: int = 0, on_device: bool = False) -> None:
         if image_size < 1:
             raise ValueError(f"Invalid image_size: {image_size}; expected an integer >= 1 (8 is native)")
         if not 0 <= val_fraction < 1:
             raise ValueError(f"Invalid val_fraction: {val_fraction}; expected 0 <= val_fraction < 1")
-        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, on_device=on_device)
         self.image_size = image_size
         self.val_fraction = val_fraction
         self.train_labels: Tensor | None = None

@@ -80,18 +80,19 @@ class MNISTDataModule(GameDataModule):
         num_workers: DataLoader worker processes.
         seed: Seed of the shuffling.
         num_train_samples: Use only the first this many training images (quick runs and tests); null: all.
+        on_device: Keep the training set on the trainer's device and gather batches there (the same batches).
     """
 
     def __init__(self, root: str, dataset: Literal["mnist", "fashion-mnist"] = "mnist", image_size: int = 28,
                  batch_size: int = 64, num_workers: int = 0, seed: int = 0,
-                 num_train_samples: int | None = None) -> None:
+                 num_train_samples: int | None = None, on_device: bool = False) -> None:
         if dataset not in _SOURCES:
             raise ValueError(f"Invalid dataset: {dataset!r}; expected 'mnist' or 'fashion-mnist'")
         if image_size not in (28, 32):
             raise ValueError(f"Invalid image_size: {image_size}; expected 28 or 32")
         if num_train_samples is not None and num_train_samples < 1:
             raise ValueError(f"Invalid num_train_samples: {num_train_samples}; expected an integer >= 1, or null for all")
-        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, on_device=on_device)
         self.num_train_samples = num_train_samples
         self.root = root
         self.dataset = dataset
