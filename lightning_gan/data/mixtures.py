@@ -1,8 +1,13 @@
 """2-D Gaussian mixtures, the standard mode-collapse benchmarks.
 
-- ``ring``: 8 modes evenly spaced on a circle of radius 2, std 0.02 (Metz et al. 2017,
-  "Unrolled GANs"; also VEEGAN, Srivastava et al. 2017).
+- ``ring``: 8 modes evenly spaced on a circle of radius 2, std 0.02 (the defaults: Metz et al. 2017,
+  "Unrolled GANs", appendix). The mode-collapse protocol of VEEGAN (Srivastava et al. 2017) and PacGAN
+  (Lin et al. 2018) uses the same shape at half the scale: radius 1, std 0.01 (``MODE_PROTOCOL``).
 - ``grid``: 25 modes at {-4, -2, 0, 2, 4}^2, std 0.05 (VEEGAN; PacGAN, Lin et al. 2018).
+
+``MODE_PROTOCOL`` holds the PacGAN reference code's values (github fjxmlzn/PacGAN,
+synthetic_data_experiments/2D{Ring,Grid}_GAN&PacGAN/config.py, PacGAN/pacgan/extensions.py): data, number of
+generated samples scored and the mode rule; bench/mode_coverage.py and configs/protocol_{ring,grid}.yaml use them.
 
 Modes are picked uniformly. The data are generated once from ``seed``, so every rank holds
 the same set; the held-out split is drawn after the training samples from the same stream.
@@ -19,9 +24,23 @@ from torch.utils.data import DataLoader
 
 from lightning_gan.data.base import GameDataModule, IndexedTensorDataset
 
-__all__ = ["GaussianMixtureDataModule", "mixture_modes"]
+__all__ = ["MODE_PROTOCOL", "GaussianMixtureDataModule", "mixture_modes"]
 
 _DEFAULT_STD = {"ring": 0.02, "grid": 0.05}
+
+# The mode-collapse protocol of VEEGAN / PacGAN, from the PacGAN code (fjxmlzn/PacGAN, synthetic_data_experiments):
+# ring: MEANS = (cos(2 pi i / 8), sin(2 pi i / 8)), VARIANCES = 0.01 ** 2 I (2DRing_GAN&PacGAN/config.py);
+# grid: MEANS = {-4, -2, 0, 2, 4}^2, VARIANCES = 0.05 ** 2 I (2DGrid_GAN&PacGAN/config.py); 2500 samples scored
+# ("num_log_figure_sample"); high quality: Mahalanobis distance to the nearest mean < 3 ("dis_thre=3"); a mode is
+# captured when at least one high-quality sample has it as nearest mean (numpy.nonzero of the per-mode counts,
+# PacGAN/pacgan/extensions.py MetricLogger). VEEGAN's text (akashgit/VEEGAN index.md) states the same rule and N.
+MODE_PROTOCOL: dict = {
+    "ring": {"kind": "ring", "radius": 1.0, "std": 0.01},
+    "grid": {"kind": "grid", "grid_step": 2.0, "std": 0.05},
+    "num_eval_samples": 2500,
+    "num_std": 3.0,
+    "min_samples": 1,
+}
 
 
 def mixture_modes(kind: str, radius: float = 2.0, grid_step: float = 2.0) -> Tensor:
@@ -54,11 +73,13 @@ class GaussianMixtureDataModule(GameDataModule):
         batch_size: Micro-batch per rank and per draw.
         num_workers: DataLoader worker processes.
         seed: Seed of the generated data and of the shuffling.
+        on_device: Keep the training set on the trainer's device and gather batches there (the same batches).
     """
 
     def __init__(self, kind: Literal["ring", "grid"] = "ring", num_samples: int = 100_000,
                  num_val_samples: int = 10_000, std: float | None = None, radius: float = 2.0,
-                 grid_step: float = 2.0, batch_size: int = 64, num_workers: int = 0, seed: int = 0) -> None:
+                 grid_step: float = 2.0, batch_size: int = 64, num_workers: int = 0, seed: int = 0,
+                 on_device: bool = False) -> None:
         if kind not in _DEFAULT_STD:
             raise ValueError(f"Invalid kind: {kind!r}; expected 'ring' or 'grid'")
         if num_samples < 1:
@@ -71,7 +92,7 @@ class GaussianMixtureDataModule(GameDataModule):
             raise ValueError(f"Invalid radius: {radius}; expected a positive number")
         if grid_step <= 0:
             raise ValueError(f"Invalid grid_step: {grid_step}; expected a positive number")
-        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, on_device=on_device)
         self.kind = kind
         self.num_samples = num_samples
         self.num_val_samples = num_val_samples
