@@ -233,7 +233,8 @@ def test_a_copied_run_folder_resumes_from_its_highest_step_and_writes_last_ckpt(
     assert step_of(checkpoints / "last.ckpt") == 15 and step_of(checkpoints / "last-previous-1.ckpt") == 10
     assert step_of(first / "checkpoints" / "last.ckpt") == 10  # the original is left alone
     assert not [w for w in recwarn if "dirpath has changed" in str(w.message)]
-    state = next(iter(torch.load(checkpoints / "last.ckpt", weights_only=True)["callbacks"].values()))
+    states = torch.load(checkpoints / "last.ckpt", weights_only=True)["callbacks"]
+    state = next(value for key, value in states.items() if "Checkpoint" in key and "dirpath" in value)
     assert state["dirpath"] == str(checkpoints.resolve())
     assert state["last_model_path"] == str((checkpoints / "last.ckpt").resolve())
 

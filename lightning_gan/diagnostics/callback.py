@@ -147,6 +147,8 @@ class SpectrumDiagnostics(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        if not self.enabled:
+            return {}  # off (the default): nothing in the checkpoint
         state: dict[str, Any] = {"last_step": self._last_step}
         if self._real_from_batch and self._real is not None:
             state["real"] = self._real  # the data module could not redraw it: keep it for the resumed run
