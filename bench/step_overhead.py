@@ -29,7 +29,8 @@ The module runs with its fault guards, as the command does: the finite check of 
 one integer per iteration on several ranks, nothing on one). ``--compare FEATURE`` times the module with and without
 one feature in the same repetition (each fit paired with its own baseline iterations) and reports the feature's cost
 as the ratio of the two ratios: ``guards``, ``lookahead`` (Lookahead-minmax, k 5, alpha 0.5) or ``schedule``
-(inverse-square-root decay with warm-up for both players). ``--compare guards`` also times the agreement's all-reduce
+(inverse-square-root decay with warm-up for both players), ``channels_last`` (dcgan28 only) or ``compile`` (both
+players ``torch.compile``d; the warm-up iterations absorb the compilation). ``--compare guards`` also times the agreement's all-reduce
 on 2 gloo processes against the all-reduce of the model's gradients, the collective every evaluation makes anyway.
 
 ``--compare consensus`` (gamma 10: F + gamma J^T F, a double backward per evaluation) and ``--compare unrolled``
@@ -353,12 +354,12 @@ class PairedTimer(pl.Callback):
         return sum(base) / iterations, fit, step
 
 
-COMPARED = ("none", "guards", "lookahead", "schedule", "consensus", "unrolled")
+COMPARED = ("none", "guards", "lookahead", "schedule", "consensus", "unrolled", "channels_last", "compile")
 
 
 def make_module(generator: nn.Module, discriminator: nn.Module, scheme: str, averaging: bool,
                 guards: bool = True, lookahead: bool = False, schedule: bool = False, consensus: bool = False,
-                unrolled: bool = False) -> GANModule:
+                unrolled: bool = False, channels_last: bool = False, compile_: bool = False) -> GANModule:
     kind, n_dis, _ = SCHEMES[scheme]
     extra = {} if averaging else {"uniform_average": False, "ema_decay": None}
     timing = {"schedule": "inverse_sqrt", "warmup": 10, "t0": 100.0} if schedule else {}
@@ -366,7 +367,8 @@ def make_module(generator: nn.Module, discriminator: nn.Module, scheme: str, ave
                      g_optimizer=OptimizerConfig(rule="adam", lr=LR_G, momentum=BETAS[0], beta2=BETAS[1], **timing),
                      d_optimizer=OptimizerConfig(rule="adam", lr=LR_D, momentum=BETAS[0], beta2=BETAS[1], **timing),
                      seed=0, check_finite=guards, lookahead=LookaheadConfig(k=5, alpha=0.5) if lookahead else None,
-                     consensus=10.0 if consensus else None, unroll_steps=5 if unrolled else 0, **extra)
+                     consensus=10.0 if consensus else None, unroll_steps=5 if unrolled else 0,
+                     channels_last=channels_last, compile=compile_, **extra)
 
 
 def fit_module(module: GANModule, batches: list[Tensor], iterations: int, timer: PairedTimer | None = None,
@@ -452,7 +454,8 @@ def _timed_fit(g0: nn.Module, d0: nn.Module, scheme: str, batches: list[Tensor],
     guards = on or compared != "guards"
     module = make_module(copy.deepcopy(g0), copy.deepcopy(d0), scheme, averaging, guards=guards,
                          lookahead=on and compared == "lookahead", schedule=on and compared == "schedule",
-                         consensus=on and compared == "consensus", unrolled=on and compared == "unrolled")
+                         consensus=on and compared == "consensus", unrolled=on and compared == "unrolled",
+                         channels_last=on and compared == "channels_last", compile_=on and compared == "compile")
     timer = PairedTimer(loop, batches, before=before)
     gc.collect()
     fit_module(module, batches, warmup + iterations + 1, timer, guards)
@@ -584,13 +587,18 @@ def main(argv: list[str] | None = None) -> list[Row]:
                              "agreement), lookahead (k 5, alpha 0.5), schedule (inverse sqrt with warm-up), "
                              "consensus (gamma 10) or unrolled (5 unrolled D steps); consensus and unrolled also "
                              "time a hand loop with the feature, and the table is then module / hand loop, both "
-                             "with it")
+                             "with it; channels_last (dcgan28 only) or compile (torch.compile of both players; "
+                             "the warm-up iterations absorb the compilation)")
     parser.add_argument("--out", type=Path, default=None, help="write the table (.md) or rows (.json) here")
     args = parser.parse_args(argv)
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     models = MODELS if args.model == "all" else (args.model,)
+    if args.compare == "channels_last":
+        if args.model == "mlp":
+            parser.error("--compare channels_last needs --model dcgan28: the MLP players have no 4-D weights")
+        models = ("dcgan28",)
     rows = []
     lightning_log = logging.getLogger("lightning.pytorch")
     level = lightning_log.level

@@ -78,6 +78,17 @@ class GANModule(pl.LightningModule):
             differentiable steps of D's optimizer (from its current state, on the same sample), D steps as usual;
             2k + 1 all-reduces per evaluation of G; any scheme but svre, not with consensus or sync_batchnorm; 0: off
             (see :mod:`lightning_gan.game.unrolled`).
+        channels_last: store both players' 4-D (convolutional) weights, and the real images, in the channels-last
+            memory format (``torch.channels_last``), the layout that cuDNN's NHWC kernels and tensor cores prefer;
+            the results are the default path's within float tolerance. Converted in ``setup``; refused when neither
+            player has a 4-D weight (an MLP would be unchanged).
+        compile: ``torch.compile`` each player's forward (``nn.Module.compile``, in ``setup``: parameter and
+            ``state_dict`` names, checkpoints and averages are unchanged; the field's ``autograd.grad`` runs the
+            compiled backward). Refused, in one line naming ``compile``, when the run needs a double backward
+            through the players (a gradient penalty: wgan_gp's ``gp_weight``, ``r1_gamma``, ``r2_gamma``, mmd's
+            ``mmd_gp_weight``; ``consensus``; ``unroll_steps``; spectrum diagnostics): checked on torch 2.14, a
+            double backward through a compiled module raises "torch.compile with aot_autograd does not currently
+            support double backward", so the refusal comes before training instead of at the first step.
     """
 
     def __init__(
@@ -108,6 +119,8 @@ class GANModule(pl.LightningModule):
         check_finite: bool = True,
         consensus: float | None = None,
         unroll_steps: int = 0,
+        channels_last: bool = False,
+        compile: bool = False,  # the config flag's name; stored as compile_players (nn.Module.compile stays)
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -172,6 +185,9 @@ class GANModule(pl.LightningModule):
                              "SyncBatchNorm does not offer; set sync_batchnorm: false")
         self.unroll_steps = check_unroll_steps(unroll_steps, scheme=self.scheme.name, consensus=self.consensus,
                                                sync_batchnorm=sync_batchnorm)
+        self.channels_last = _check_channels_last(channels_last, generator, discriminator)
+        self.compile_players = _check_compile(compile, self.loss, consensus=self.consensus,
+                                              unroll_steps=self.unroll_steps)
         self._game: GameStep | None = None
 
     # -- set-up ------------------------------------------------------------------------------------
@@ -189,6 +205,11 @@ class GANModule(pl.LightningModule):
         if self.sync_batchnorm and self.trainer.world_size > 1:
             self.generator = distributed.convert_sync_batchnorm(self.generator)
             self.discriminator = distributed.convert_sync_batchnorm(self.discriminator)
+        for player in (self.generator, self.discriminator):
+            if self.channels_last:  # only 4-D tensors change layout; idempotent
+                player.to(memory_format=torch.channels_last)
+            if self.compile_players and getattr(player, "_compiled_call_impl", None) is None:
+                player.compile()  # the module's __call__ only: parameters and state_dict keys stay as they are
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "draws_per_step"):
             datamodule.draws_per_step = self.scheme.draws_per_step * self.accumulation
@@ -232,6 +253,8 @@ class GANModule(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         real, indices = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+        if self.channels_last and real.dim() == 4:
+            real = real.contiguous(memory_format=torch.channels_last)
         game = self.game
         if self.svre is not None:
             self.evaluations += self.svre.maybe_snapshot(self)
@@ -487,6 +510,37 @@ def _check_feature_outputs(generator: nn.Module, discriminator: nn.Module, laten
     if outputs.dim() != 2 or outputs.shape[0] != 2:
         raise ValueError(f"Invalid discriminator output shape: {tuple(outputs.shape)} on 2 samples for loss mmd; "
                          "expected features (N, d), e.g. the discriminator's `features: 16`")
+
+
+def _check_channels_last(channels_last: bool, generator: nn.Module, discriminator: nn.Module) -> bool:
+    if not isinstance(channels_last, bool):
+        raise ValueError(f"Invalid channels_last: {channels_last!r}; expected true or false")
+    if channels_last and not any(p.dim() == 4 for m in (generator, discriminator) for p in m.parameters()):
+        raise ValueError("Invalid channels_last: true; neither player has a 4-D (convolutional) weight, so the memory "
+                         "format would change nothing; set channels_last: false")
+    return channels_last
+
+
+def _check_compile(compile_: bool, loss: GANLoss, *, consensus: float | None, unroll_steps: int) -> bool:
+    """Refuse ``compile`` where the run differentiates through the players' gradients (see GANModule's docstring)."""
+    if not isinstance(compile_, bool):
+        raise ValueError(f"Invalid compile: {compile_!r}; expected true or false")
+    if not compile_:
+        return False
+    needs = []
+    if getattr(loss, "gp_weight", 0) > 0:
+        needs.append(f"{'mmd_gp_weight' if loss.feature_critic else 'gp_weight'} {loss.gp_weight:g} (gradient penalty)")
+    for name in ("r1_gamma", "r2_gamma"):
+        if getattr(loss, name, 0) > 0:
+            needs.append(f"{name} {getattr(loss, name):g}")
+    if consensus:
+        needs.append(f"consensus {consensus:g}")
+    if unroll_steps:
+        needs.append(f"unroll_steps {unroll_steps}")
+    if needs:
+        raise ValueError(f"Invalid compile: true with {', '.join(needs)}; these need a double backward through the "
+                         "players, which torch.compile's graphs do not support; set compile: false")
+    return True
 
 
 def _make_loss(loss: str | GANLoss, *, gp_weight: float, r1_gamma: float, r2_gamma: float,

@@ -104,9 +104,14 @@ class SpectrumDiagnostics(Callback):
         return self.every_n_steps is not None
 
     def check(self, pl_module: nn.Module) -> None:
-        """Refuse k > the number of parameters (one line naming diagnostics.k); the CLI calls it before training."""
+        """Refuse k > the number of parameters (one line naming diagnostics.k), and compiled players; the CLI calls it
+        before training."""
         if not self.enabled:
             return
+        if getattr(pl_module, "compile_players", False):
+            raise ValueError("Invalid diagnostics.every_n_steps: the spectrum needs a double backward through the "
+                             "players, which compiled players (model compile: true) do not support; set "
+                             "compile: false or diagnostics.every_n_steps: null")
         n = sum(p.numel() for player in (pl_module.generator, pl_module.discriminator)  # type: ignore[union-attr]
                 for p in player.parameters() if p.requires_grad)
         check_spectrum_request(self.k, n, "diagnostics.k")
