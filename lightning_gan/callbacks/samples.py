@@ -175,10 +175,16 @@ def _scatter(points: Tensor, path: Path, modes: Tensor | None, title: str) -> Te
         ax.set_aspect("equal")
         ax.set_title(title)
         ax.legend(loc="upper right", fontsize="small")
-        fig.tight_layout()
-        fig.savefig(path)
-        fig.canvas.draw()
-        rgba = torch.from_numpy(np.asarray(fig.canvas.buffer_rgba()).copy())
+        return save_figure(fig, path)
     finally:
         plt.close(fig)
+
+
+def save_figure(fig: Any, path: Path) -> Tensor:
+    """Save a matplotlib figure as ``path`` (tight layout); returns it rendered as a (3, H, W) image in [0, 1]
+    (for TensorBoard). The caller closes the figure."""
+    fig.tight_layout()
+    fig.savefig(path)
+    fig.canvas.draw()
+    rgba = torch.from_numpy(np.asarray(fig.canvas.buffer_rgba()).copy())
     return rgba[..., :3].permute(2, 0, 1).float() / 255.0

@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_gan.callbacks.samples import save_figure
 from lightning_gan.diagnostics.spectrum import (
     Spectrum,
     check_spectrum_request,
@@ -291,10 +292,6 @@ def save_spectrum_png(spectrum: Spectrum, path: Path, title: str) -> Tensor:
             ax.set_ylim(-0.5, 1.5)
             ax.set_xlabel("eigenvalue")
             ax.set_title("players' own Hessians (top |λ|)")
-        fig.tight_layout()
-        fig.savefig(path)
-        fig.canvas.draw()
-        rgba = torch.from_numpy(np.asarray(fig.canvas.buffer_rgba()).copy())
+        return save_figure(fig, path)
     finally:
         plt.close(fig)
-    return rgba[..., :3].permute(2, 0, 1).float() / 255.0
