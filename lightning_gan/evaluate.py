@@ -53,8 +53,8 @@ from lightning_gan.metrics.sum25 import (DEFAULT_THRESHOLD, Sum25Scorer, digit_e
                                          plot_sum_histograms)
 from lightning_gan.metrics.two_sample import MIN_SAMPLES, classifier_two_sample_test, mmd_permutation_test
 from lightning_gan.module import GANModule, GeneratorChoice
-from lightning_gan.run_files import (check_overrides, find_config, kept_generators, load_run, load_weights,
-                                     read_checkpoint, run_config)
+from lightning_gan.run_files import (check_overrides, check_run_arguments, find_config, kept_generators, load_run,
+                                     load_weights, read_checkpoint, run_config)
 
 __all__ = ["Scorer", "TwoSamplePlan", "build_parser", "evaluate", "find_config", "format_line",
            "format_two_sample_line", "load_run", "load_weights", "main", "real_cache_name"]
@@ -151,14 +151,7 @@ def _check_arguments(args: argparse.Namespace, overrides: list[str]) -> None:
             fail(f"Invalid --permutations: {args.permutations}; expected an integer >= 1")
     elif args.two_sample_features != "auto" or args.two_sample_num_samples is not None:
         fail("Invalid --two-sample-features/--two-sample-num-samples without --two-sample; add --two-sample")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        fail("Invalid --device: 'cuda'; CUDA is not available on this machine, use --device cpu")
-    if not args.ckpt.is_file():
-        fail(f"Checkpoint {args.ckpt} not found; expected a .ckpt file written by `{PROG} fit` "
-             f"(e.g. <run dir>/checkpoints/last.ckpt)")
-    if args.config is not None and not args.config.is_file():
-        fail(f"Config {args.config} not found; expected the config.yaml that `{PROG} fit` wrote into "
-             f"<run dir>/version_<k>/")
+    check_run_arguments(args.device, args.ckpt, args.config)
 
 
 # -- samples and scores -----------------------------------------------------------------------------

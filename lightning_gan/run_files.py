@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
@@ -52,6 +53,18 @@ def check_overrides(overrides: Sequence[str], command: str) -> None:
     if bad or (overrides and not overrides[0].startswith("-")):
         fail(f"unrecognized arguments: {' '.join(bad or overrides[:1])}; only --model.* and --data.* config "
              f"overrides may follow the {command} options")
+
+
+def check_run_arguments(device: str, ckpt: Path, config: Path | None) -> None:
+    """The arguments every command on a run's checkpoint takes (evaluate, sample), checked before it is read."""
+    if device == "cuda" and not torch.cuda.is_available():
+        fail("Invalid --device: 'cuda'; CUDA is not available on this machine, use --device cpu")
+    if not ckpt.is_file():
+        fail(f"Checkpoint {ckpt} not found; expected a .ckpt file written by `{PROG} fit` "
+             f"(e.g. <run dir>/checkpoints/last.ckpt)")
+    if config is not None and not config.is_file():
+        fail(f"Config {config} not found; expected the config.yaml that `{PROG} fit` wrote into "
+             f"<run dir>/version_<k>/")
 
 
 def read_checkpoint(ckpt: Path) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from lightning_gan.cli_errors import PROG, USER_ERRORS, OneLineArgumentParser, f
 from lightning_gan.module import GANModule
 from lightning_gan.run_files import (
     check_overrides,
+    check_run_arguments,
     kept_generators,
     load_run,
     load_weights,
@@ -71,14 +72,7 @@ def _check_arguments(args: argparse.Namespace, overrides: list[str]) -> None:
     for name in ("num_samples", "batch_size"):
         if getattr(args, name) < 1:
             fail(f"Invalid --{name}: {getattr(args, name)}; expected an integer >= 1")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        fail("Invalid --device: 'cuda'; CUDA is not available on this machine, use --device cpu")
-    if not args.ckpt.is_file():
-        fail(f"Checkpoint {args.ckpt} not found; expected a .ckpt file written by `{PROG} fit` "
-             f"(e.g. <run dir>/checkpoints/last.ckpt)")
-    if args.config is not None and not args.config.is_file():
-        fail(f"Config {args.config} not found; expected the config.yaml that `{PROG} fit` wrote into "
-             f"<run dir>/version_<k>/")
+    check_run_arguments(args.device, args.ckpt, args.config)
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         fail(f"Invalid --out: {args.out} is a file; expected a folder (created if absent)")
 
