@@ -111,3 +111,56 @@ def fit_in_process(root, config, *args: str):
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
     return Path(root) / "checkpoints" / "last.ckpt"
+
+
+def resumed_and_uninterrupted(make, n: int, tmp_path, resumed_init_seed: int = 123):
+    """``(state_of(uninterrupted), state_of(resumed))``: ``make(init_seed=0)`` fitted for 2n iterations with a
+    checkpoint at n, and ``make(init_seed=resumed_init_seed)`` resumed from that checkpoint to 2n."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=n, save_top_k=-1, save_last=False)
+    uninterrupted = make(init_seed=0)
+    make_trainer(2 * n, callbacks=[checkpoint], enable_checkpointing=True).fit(uninterrupted, make_data())
+    (saved,) = sorted(tmp_path.glob(f"*step={n}.ckpt"))
+    resumed = make(init_seed=resumed_init_seed)
+    make_trainer(2 * n).fit(resumed, make_data(), ckpt_path=saved)
+    return state_of(uninterrupted), state_of(resumed)
+
+
+def assert_same_state(expected: dict[str, torch.Tensor], actual: dict[str, torch.Tensor]) -> None:
+    """The same keys and bit-identical tensors."""
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+
+
+def assert_matches_one_rank(rank_state: dict[str, torch.Tensor], one_rank: dict[str, torch.Tensor], what="") -> None:
+    """A rank's state after W ranks x B equals one rank's with W B: step counters exactly, the rest to 1e-5."""
+    for key, value in one_rank.items():
+        if key.endswith(".step"):
+            assert torch.equal(value, rank_state[key]), (what, key)
+        else:
+            torch.testing.assert_close(rank_state[key], value, rtol=1e-5, atol=1e-5, msg=f"{what} {key}")
+
+
+def fit_cli_errors(capsys, config, root, *args: str) -> tuple[list[str], str]:
+    """``lightning-gan fit --config CONFIG --trainer.default_root_dir ROOT ARGS`` in this process, which must stop
+    with exit code 2; returns its ``lightning-gan: error:`` lines and the whole stderr (sys.argv and the thread count
+    are restored)."""
+    import sys
+
+    import pytest
+
+    from lightning_gan.cli import main
+
+    threads, argv = torch.get_num_threads(), sys.argv
+    sys.argv = ["lightning-gan"]  # the CLI gets its arguments from `args` only
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            main(["fit", "--config", str(config), f"--trainer.default_root_dir={root}", *args])
+    finally:
+        sys.argv = argv
+        torch.set_num_threads(threads)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    return [line for line in err.splitlines() if line.startswith("lightning-gan: error:")], err

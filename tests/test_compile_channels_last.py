@@ -3,14 +3,13 @@ refusals where they cannot apply (compile with a double backward, channels_last 
 
 from __future__ import annotations
 
-import sys
 
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from gan_fixtures import make_data, make_module, make_trainer, state_of
+from gan_fixtures import fit_cli_errors, make_data, make_module, make_trainer, state_of
 from lightning_gan.diagnostics import SpectrumDiagnostics
 from lightning_gan.models import DCGANDiscriminator, DCGANGenerator
 from lightning_gan.module import GANModule
@@ -96,19 +95,8 @@ def test_compile_with_spectrum_diagnostics_is_refused():
         SpectrumDiagnostics(every_n_steps=5, k=2).check(make_module(compile=True))
 
 
-def test_compile_with_a_penalty_through_the_cli_exits_2(tmp_path, capsys, monkeypatch):
-    from lightning_gan.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["lightning-gan"])
-    threads = torch.get_num_threads()
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            main(["fit", "--config", "configs/quickstart_consensus.yaml", f"--trainer.default_root_dir={tmp_path}",
-                  "--model.compile=true"])
-    finally:
-        torch.set_num_threads(threads)
-    assert exit_.value.code == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lightning-gan: error:")]
+def test_compile_with_a_penalty_through_the_cli_exits_2(tmp_path, capsys):
+    errors, _ = fit_cli_errors(capsys, "configs/quickstart_consensus.yaml", tmp_path, "--model.compile=true")
     assert len(errors) == 1 and "compile" in errors[0] and "consensus" in errors[0]
 
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from ddp_harness import run_distributed
-from gan_fixtures import CountAllReduces, make_data, make_module, make_trainer, state_of
+from gan_fixtures import (CountAllReduces, assert_matches_one_rank, assert_same_state, fit_cli_errors, make_data,
+                          make_module, make_trainer, resumed_and_uninterrupted, state_of)
 from lightning_gan.game.field import trainable_parameters
 from lightning_gan.game.gan import GANGame
 from lightning_gan.game.losses import get_loss
@@ -246,21 +246,8 @@ def test_consensus_with_sync_batchnorm_is_refused():
         make_module("simultaneous", consensus=1.0, sync_batchnorm=True)
 
 
-def test_bad_consensus_through_the_cli_exits_2(tmp_path, capsys, monkeypatch):
-    import sys
-
-    from lightning_gan.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["lightning-gan"])
-    threads = torch.get_num_threads()
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            main(["fit", "--config", "configs/quickstart_consensus.yaml", f"--trainer.default_root_dir={tmp_path}",
-                  "--model.consensus=-1"])
-    finally:
-        torch.set_num_threads(threads)
-    assert exit_.value.code == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lightning-gan: error:")]
+def test_bad_consensus_through_the_cli_exits_2(tmp_path, capsys):
+    errors, _ = fit_cli_errors(capsys, "configs/quickstart_consensus.yaml", tmp_path, "--model.consensus=-1")
     assert len(errors) == 1 and "consensus" in errors[0]
 
 
@@ -268,17 +255,8 @@ def test_bad_consensus_through_the_cli_exits_2(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize("scheme", ["simultaneous", "extragradient"])
 def test_resume_with_consensus_equals_never_stopping(scheme, tmp_path):
-    n = 10
-    checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=n, save_top_k=-1, save_last=False)
-    uninterrupted = make_module(scheme, consensus=1.0, ema_decay=0.9)
-    make_trainer(2 * n, callbacks=[checkpoint], enable_checkpointing=True).fit(uninterrupted, make_data())
-    (saved,) = sorted(tmp_path.glob(f"*step={n}.ckpt"))
-    resumed = make_module(scheme, init_seed=123, consensus=1.0, ema_decay=0.9)
-    make_trainer(2 * n).fit(resumed, make_data(), ckpt_path=saved)
-    expected, actual = state_of(uninterrupted), state_of(resumed)
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        assert torch.equal(expected[key], actual[key]), key
+    assert_same_state(*resumed_and_uninterrupted(
+        lambda init_seed: make_module(scheme, init_seed=init_seed, consensus=1.0, ema_decay=0.9), 10, tmp_path))
 
 
 # -- two gloo ranks --------------------------------------------------------------------------------------------
@@ -308,9 +286,4 @@ def test_two_ranks_bit_identical_equal_one_rank_with_2b_and_two_all_reduces_per_
             assert torch.equal(rank0[scheme]["state"][key], rank1[scheme]["state"][key]), (scheme, key)
         module = make_module(scheme, init_seed=0, consensus=1.0, ema_decay=0.9)
         make_trainer(DDP_ITERATIONS).fit(module, make_data(batch_size=16))
-        for key, value in state_of(module).items():
-            if key.endswith(".step"):
-                assert torch.equal(value, rank0[scheme]["state"][key]), key
-            else:
-                torch.testing.assert_close(rank0[scheme]["state"][key], value, rtol=1e-5, atol=1e-5,
-                                           msg=f"{scheme} {key}")
+        assert_matches_one_rank(rank0[scheme]["state"], state_of(module), scheme)

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from ddp_harness import run_distributed
-from gan_fixtures import CountAllReduces, make_data, make_module, make_trainer, state_of
-from lightning_gan.cli import main
+from gan_fixtures import (CountAllReduces, assert_matches_one_rank, assert_same_state, fit_cli_errors, make_data,
+                          make_module, make_trainer, resumed_and_uninterrupted, state_of)
 from lightning_gan.game.step import GameStep
 from lightning_gan.game.toys import Bilinear1D, BilinearGame, ToyGame
 from lightning_gan.lookahead import LookaheadConfig, LookaheadMinmax
@@ -135,18 +133,9 @@ QUICKSTART = os.path.join(os.path.dirname(__file__), "..", "configs", "quickstar
     ("--model.lookahead.k=0", "Invalid lookahead.k: 0; expected an integer >= 1"),
     ("--model.lookahead.alpha=1.5", "Invalid lookahead.alpha: 1.5; expected a number in (0, 1]"),
 ])
-def test_bad_values_through_the_cli_fail_in_one_line(arg, named, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["lightning-gan"])
-    threads = torch.get_num_threads()
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            main(["fit", "--config", QUICKSTART, f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=5",
-                  "--trainer.enable_progress_bar=false", arg])
-    finally:
-        torch.set_num_threads(threads)
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("lightning-gan: error:")]
+def test_bad_values_through_the_cli_fail_in_one_line(arg, named, tmp_path, capsys):
+    errors, err = fit_cli_errors(capsys, QUICKSTART, tmp_path, "--trainer.max_steps=5",
+                                 "--trainer.enable_progress_bar=false", arg)
     assert len(errors) == 1 and named in errors[0], err
     assert "Traceback" not in err and not list(tmp_path.rglob("*.ckpt"))
 
@@ -219,17 +208,11 @@ def test_alpha_one_is_plain_training_bit_for_bit():
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_resume_mid_cycle_equals_never_stopping(scheme, tmp_path):
     """7 + 7 = 14 iterations with k = 3: the checkpoint at 7 is one iteration into a cycle; bit-identical."""
-    n = 7
-    checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=n, save_top_k=-1, save_last=False)
-    uninterrupted = make_module(scheme, ema_decay=0.9, average_discriminator=True, lookahead=LOOKAHEAD)
-    make_trainer(2 * n, callbacks=[checkpoint], enable_checkpointing=True).fit(uninterrupted, make_data())
-    (saved,) = sorted(tmp_path.glob(f"*step={n}.ckpt"))
-    resumed = make_module(scheme, init_seed=123, ema_decay=0.9, average_discriminator=True, lookahead=LOOKAHEAD)
-    make_trainer(2 * n).fit(resumed, make_data(), ckpt_path=saved)
-    expected, actual = state_of(uninterrupted), state_of(resumed)
-    assert expected.keys() == actual.keys() and any(key.startswith("lookahead.") for key in expected)
-    for key in expected:
-        assert torch.equal(expected[key], actual[key]), key
+    expected, actual = resumed_and_uninterrupted(
+        lambda init_seed: make_module(scheme, init_seed=init_seed, ema_decay=0.9, average_discriminator=True,
+                                      lookahead=LOOKAHEAD), 7, tmp_path)
+    assert any(key.startswith("lookahead.") for key in expected)
+    assert_same_state(expected, actual)
 
 
 # -- 2 gloo ranks -----------------------------------------------------------------------------------------------------
@@ -263,8 +246,4 @@ def test_two_ranks_are_bit_identical_equal_one_rank_with_2b_and_add_no_collectiv
         assert rank0["all_reduces"] == expected, scheme
         module = make_module(scheme, init_seed=0, ema_decay=0.9, lookahead=LOOKAHEAD)
         make_trainer(ITERATIONS).fit(module, make_data(batch_size=16))
-        for key, value in state_of(module).items():
-            if key.endswith(".step"):
-                assert torch.equal(value, rank0["state"][key]), (scheme, key)
-            else:
-                torch.testing.assert_close(rank0["state"][key], value, rtol=1e-5, atol=1e-5, msg=(scheme, key))
+        assert_matches_one_rank(rank0["state"], state_of(module), scheme)

@@ -10,11 +10,11 @@ import math
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from ddp_harness import run_distributed
-from gan_fixtures import SCHEMES, CountAllReduces, make_data, make_trainer, state_of
+from gan_fixtures import (SCHEMES, CountAllReduces, assert_matches_one_rank, assert_same_state, fit_cli_errors,
+                          make_data, make_trainer, resumed_and_uninterrupted, state_of)
 from lightning_gan.game.field import gan_field, trainable_parameters
 from lightning_gan.game.losses import get_loss, mixture_kernel, mmd2_unbiased
 from lightning_gan.models import DCGANDiscriminator, MLPDiscriminator, MLPGenerator
@@ -186,17 +186,8 @@ def test_dcgan_discriminator_emits_features():
 
 @pytest.mark.parametrize("scheme", ["simultaneous", "alternating"])
 def test_resume_with_mmd_equals_never_stopping(scheme, tmp_path):
-    n = 4
-    checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=n, save_top_k=-1, save_last=False)
-    uninterrupted = _module(scheme, ema_decay=0.9)
-    make_trainer(2 * n, callbacks=[checkpoint], enable_checkpointing=True).fit(uninterrupted, make_data())
-    (saved,) = sorted(tmp_path.glob(f"*step={n}.ckpt"))
-    resumed = _module(scheme, init_seed=123, ema_decay=0.9)
-    make_trainer(2 * n).fit(resumed, make_data(), ckpt_path=saved)
-    expected, actual = state_of(uninterrupted), state_of(resumed)
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        assert torch.equal(expected[key], actual[key]), key
+    assert_same_state(*resumed_and_uninterrupted(
+        lambda init_seed: _module(scheme, init_seed=init_seed, ema_decay=0.9), 4, tmp_path))
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -235,21 +226,8 @@ def test_a_one_score_discriminator_is_refused_with_one_line():
     (["--model.scheme=svre", "--model.n_dis=1"], "Invalid scheme: 'svre' with loss mmd"),
     (["--model.discriminator.init_args.features=1"], "discriminator output shape"),
 ])
-def test_bad_mmd_values_through_the_cli_exit_2(args, field, tmp_path, capsys, monkeypatch):
-    import sys
-
-    from lightning_gan.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["lightning-gan"])
-    threads = torch.get_num_threads()
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            main(["fit", "--config", "configs/quickstart_mmd.yaml", f"--trainer.default_root_dir={tmp_path}",
-                  "--trainer.accelerator=cpu", *args])
-    finally:
-        torch.set_num_threads(threads)
-    assert exit_.value.code == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lightning-gan: error:")]
+def test_bad_mmd_values_through_the_cli_exit_2(args, field, tmp_path, capsys):
+    errors, _ = fit_cli_errors(capsys, "configs/quickstart_mmd.yaml", tmp_path, "--trainer.accelerator=cpu", *args)
     assert len(errors) == 1 and field in errors[0], errors
 
 
@@ -340,9 +318,4 @@ def test_two_ranks_bit_identical_equal_one_rank_with_2b_and_count_the_collective
         module = _module(scheme if scheme in SCHEMES else "simultaneous", init_seed=0, ema_decay=0.9,
                          **DDP_OPTIONS.get(scheme, {}))
         make_trainer(DDP_ITERATIONS).fit(module, make_data(batch_size=16))
-        for key, value in state_of(module).items():
-            if key.endswith(".step"):
-                assert torch.equal(value, rank0[scheme]["state"][key]), key
-            else:
-                torch.testing.assert_close(rank0[scheme]["state"][key], value, rtol=1e-5, atol=1e-5,
-                                           msg=f"{scheme} {key}")
+        assert_matches_one_rank(rank0[scheme]["state"], state_of(module), scheme)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from ddp_harness import run_distributed
-from gan_fixtures import SCHEMES, make_data, make_module, make_trainer, state_of
+from gan_fixtures import (SCHEMES, assert_matches_one_rank, assert_same_state, fit_cli_errors, make_data, make_module,
+                          make_trainer, resumed_and_uninterrupted, state_of)
 from lightning_gan.game.field import gan_field
 from lightning_gan.game.losses import R1Penalty, R2Penalty, RpGANLoss, get_loss
 from lightning_gan.variance_reduction import SVREConfig
@@ -276,17 +276,9 @@ def test_accumulation_pairs_within_micro_batches_like_one_batch():
 
 @pytest.mark.parametrize("scheme", ["alternating", "svre"])
 def test_resume_n_plus_n_equals_2n_bit_for_bit(scheme, tmp_path):
-    n = 6
-    checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=n, save_top_k=-1)
-    straight = make_module(scheme, **R3, **_svre_kwargs(scheme))
-    make_trainer(2 * n, callbacks=[checkpoint], enable_checkpointing=True).fit(straight, make_data())
-    (saved,) = tmp_path.glob(f"*step={n}.ckpt")
-    resumed = make_module(scheme, init_seed=99, **R3, **_svre_kwargs(scheme))
-    make_trainer(2 * n).fit(resumed, make_data(), ckpt_path=saved)
-    expected, actual = state_of(straight), state_of(resumed)
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        assert torch.equal(expected[key], actual[key]), key
+    assert_same_state(*resumed_and_uninterrupted(
+        lambda init_seed: make_module(scheme, init_seed=init_seed, **R3, **_svre_kwargs(scheme)), 6, tmp_path,
+        resumed_init_seed=99))
 
 
 @pytest.mark.parametrize(("make", "match"), [
@@ -308,17 +300,8 @@ def test_bad_values_raise_one_line_naming_the_field(make, match):
     (["--model.r2_gamma=-0.5"], "Invalid r2_gamma: -0.5"),
     (["--model.latent_bank_factor=2"], "Invalid latent_bank_factor: 2"),
 ], ids=["negative-r2_gamma", "latent-bank"])
-def test_bad_values_through_the_cli_fail_in_one_line_with_exit_2(args, named, tmp_path, capsys, monkeypatch):
-    from lightning_gan.cli import main
-
-    monkeypatch.setattr("sys.argv", ["lightning-gan"])
-    threads = torch.get_num_threads()
-    with pytest.raises(SystemExit) as exit_:
-        main(["fit", "--config", str(QUICKSTART), f"--trainer.default_root_dir={tmp_path}", *args])
-    torch.set_num_threads(threads)
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("lightning-gan: error:")]
+def test_bad_values_through_the_cli_fail_in_one_line_with_exit_2(args, named, tmp_path, capsys):
+    errors, err = fit_cli_errors(capsys, QUICKSTART, tmp_path, *args)
     assert len(errors) == 1 and named in errors[0], err
     assert "Traceback" not in err and not list(tmp_path.rglob("*.ckpt"))
 
@@ -351,8 +334,4 @@ def test_two_ranks_bit_identical_and_equal_to_one_rank_with_the_global_batch():
         scheme = "extragradient" if name == "accumulation" else name
         module = make_module(init_seed=0, ema_decay=0.9, scheme=scheme, **R3, **_svre_kwargs(scheme))
         make_trainer(ITERATIONS).fit(module, make_data(batch_size=16))
-        for key, value in state_of(module).items():
-            if key.endswith(".step"):
-                assert torch.equal(value, rank0[key]), (name, key)
-            else:
-                torch.testing.assert_close(rank0[key], value, rtol=1e-5, atol=1e-5, msg=f"{name} {key}")
+        assert_matches_one_rank(rank0, state_of(module), name)

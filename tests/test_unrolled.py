@@ -26,11 +26,11 @@ import copy
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from ddp_harness import run_distributed
-from gan_fixtures import CountAllReduces, make_data, make_module, make_trainer, state_of
+from gan_fixtures import (CountAllReduces, assert_matches_one_rank, assert_same_state, fit_cli_errors, make_data,
+                          make_module, make_trainer, resumed_and_uninterrupted, state_of)
 from lightning_gan.game.field import gan_field, trainable_parameters
 from lightning_gan.game.gan import GANGame
 from lightning_gan.game.losses import get_loss
@@ -292,21 +292,8 @@ def test_bad_unroll_steps_fail_with_one_line_naming_the_field(kwargs, message):
 
 @pytest.mark.parametrize("args", [["--model.unroll_steps=-1"], ["--model.consensus=1.0"],
                                   ["--model.scheme=svre"]])
-def test_bad_unroll_steps_through_the_cli_exits_2(args, tmp_path, capsys, monkeypatch):
-    import sys
-
-    from lightning_gan.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["lightning-gan"])
-    threads = torch.get_num_threads()
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            main(["fit", "--config", "configs/quickstart_unrolled.yaml", f"--trainer.default_root_dir={tmp_path}",
-                  *args])
-    finally:
-        torch.set_num_threads(threads)
-    assert exit_.value.code == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lightning-gan: error:")]
+def test_bad_unroll_steps_through_the_cli_exits_2(args, tmp_path, capsys):
+    errors, _ = fit_cli_errors(capsys, "configs/quickstart_unrolled.yaml", tmp_path, *args)
     assert len(errors) == 1 and "unroll_steps" in errors[0]
 
 
@@ -314,17 +301,8 @@ def test_bad_unroll_steps_through_the_cli_exits_2(args, tmp_path, capsys, monkey
 
 @pytest.mark.parametrize("scheme", ["simultaneous", "alternating"])
 def test_resume_with_unrolling_equals_never_stopping(scheme, tmp_path):
-    n = 6
-    checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=n, save_top_k=-1, save_last=False)
-    uninterrupted = make_module(scheme, unroll_steps=3, ema_decay=0.9)
-    make_trainer(2 * n, callbacks=[checkpoint], enable_checkpointing=True).fit(uninterrupted, make_data())
-    (saved,) = sorted(tmp_path.glob(f"*step={n}.ckpt"))
-    resumed = make_module(scheme, init_seed=123, unroll_steps=3, ema_decay=0.9)
-    make_trainer(2 * n).fit(resumed, make_data(), ckpt_path=saved)
-    expected, actual = state_of(uninterrupted), state_of(resumed)
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        assert torch.equal(expected[key], actual[key]), key
+    assert_same_state(*resumed_and_uninterrupted(
+        lambda init_seed: make_module(scheme, init_seed=init_seed, unroll_steps=3, ema_decay=0.9), 6, tmp_path))
 
 
 # -- two gloo ranks --------------------------------------------------------------------------------------------
@@ -357,9 +335,4 @@ def test_two_ranks_bit_identical_equal_one_rank_with_2b_and_2k_plus_1_all_reduce
             assert torch.equal(rank0[scheme]["state"][key], rank1[scheme]["state"][key]), (scheme, key)
         module = make_module(scheme, init_seed=0, unroll_steps=UNROLL, ema_decay=0.9)
         make_trainer(DDP_ITERATIONS).fit(module, make_data(batch_size=16))
-        for key, value in state_of(module).items():
-            if key.endswith(".step"):
-                assert torch.equal(value, rank0[scheme]["state"][key]), key
-            else:
-                torch.testing.assert_close(rank0[scheme]["state"][key], value, rtol=1e-5, atol=1e-5,
-                                           msg=f"{scheme} {key}")
+        assert_matches_one_rank(rank0[scheme]["state"], state_of(module), scheme)
