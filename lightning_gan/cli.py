@@ -313,6 +313,8 @@ class GANCLI(LightningCLI):
             check_trainer_values(config)
             trainer = super()._instantiate_trainer(config, callbacks)
             check_strategy(trainer.strategy, config.get("strategy"))
+            if isinstance(self.model, GANModule):
+                self.model.check_trainer_precision(str(trainer.precision))
             if self.subcommand == "fit" and getattr(self.datamodule, "train_set", None) is not None:
                 draws = self.model.scheme.draws_per_step * self.model.accumulation  # as GANModule.setup sets it
                 self.datamodule.check_train_batch(trainer.world_size, draws)

@@ -21,6 +21,7 @@ from lightning_gan.game.unrolled import check_unroll_steps
 from lightning_gan.lookahead import LookaheadConfig, LookaheadMinmax
 from lightning_gan.optim.factory import OptimizerConfig
 from lightning_gan.optim.schedules import resync_schedulers, step_schedulers
+from lightning_gan.precision import GameLossScale, IterationUndo, check_precision
 from lightning_gan.schemes import DISCRIMINATOR, GENERATOR, SCHEMES, make_scheme
 from lightning_gan.variance_reduction import SVREConfig, SVREState
 
@@ -188,6 +189,9 @@ class GANModule(pl.LightningModule):
         self.channels_last = _check_channels_last(channels_last, generator, discriminator)
         self.compile_players = _check_compile(compile, self.loss, consensus=self.consensus,
                                               unroll_steps=self.unroll_steps)
+        self.loss_scale: GameLossScale | None = None  # float16 only (trainer.precision 16-mixed), made in setup
+        self._loss_scale_state: dict | None = None  # from a checkpoint loaded before setup
+        self._undo: IterationUndo | None = None
         self._game: GameStep | None = None
 
     # -- set-up ------------------------------------------------------------------------------------
@@ -202,6 +206,7 @@ class GANModule(pl.LightningModule):
         if not isinstance(strategy, (SingleDeviceStrategy, distributed.GameDDPStrategy)):
             raise ValueError(f"Invalid trainer.strategy: {type(strategy).__name__}; expected 'auto' "
                              "(one device) or 'game_ddp'")
+        self._setup_precision(str(self.trainer.precision))
         if self.sync_batchnorm and self.trainer.world_size > 1:
             self.generator = distributed.convert_sync_batchnorm(self.generator)
             self.discriminator = distributed.convert_sync_batchnorm(self.discriminator)
@@ -215,6 +220,27 @@ class GANModule(pl.LightningModule):
             datamodule.draws_per_step = self.scheme.draws_per_step * self.accumulation
         if stage == "fit" and self.lookahead is not None:  # a checkpoint, restored after this, overwrites it
             self.lookahead.reset((self.generator, self.discriminator))
+
+    def check_trainer_precision(self, precision: str) -> None:
+        """bf16-mixed runs under Lightning's autocast as is; 16-mixed adds the game's loss scale (see
+        :mod:`lightning_gan.precision`), which does not cover differentiable fields (consensus, unrolled)."""
+        check_precision(precision)
+        if precision == "16-mixed":
+            for name, value in (("consensus", self.consensus), ("unroll_steps", self.unroll_steps)):
+                if value:
+                    raise ValueError(f"Invalid trainer.precision: '16-mixed' with {name} {value:g}; float16's loss "
+                                     "scale does not cover its differentiable field; expected bf16-mixed or 32-true")
+
+    def _setup_precision(self, precision: str) -> None:
+        self.check_trainer_precision(precision)
+        if precision != "16-mixed":
+            self.loss_scale = None
+            return
+        if self.loss_scale is None:
+            self.loss_scale = GameLossScale()
+            if self._loss_scale_state is not None:
+                self.loss_scale.load_state_dict(self._loss_scale_state)
+        self._game = None
 
     def configure_optimizers(self) -> Any:
         """The players' optimizers and, when a player has a schedule, one LambdaLR per player: Lightning saves and
@@ -237,11 +263,13 @@ class GANModule(pl.LightningModule):
         """The game the scheme drives, bound to this run's players and optimizers."""
         optimizers = self.optimizers(use_pl_optimizer=False)
         if self._game is None or self._game.optimizers != list(optimizers):
-            game = GANGame(self.generator, self.discriminator, self.loss, penalty_rng=self.penalty_rng)
+            game = GANGame(self.generator, self.discriminator, self.loss, penalty_rng=self.penalty_rng,
+                           loss_scale=self.loss_scale)
             estimator = self.svre.bind(game) if self.svre is not None else None
             self._game = GameStep(game, optimizers, estimator=estimator, projection=self._project,
-                                  check_finite=self.check_finite, consensus=self.consensus,
-                                  unroll_steps=self.unroll_steps)
+                                  check_finite=self.check_finite or self.loss_scale is not None,
+                                  consensus=self.consensus, unroll_steps=self.unroll_steps)
+            self._undo = IterationUndo((self.generator, self.discriminator), optimizers)
         return self._game
 
     def _project(self) -> None:
@@ -259,18 +287,21 @@ class GANModule(pl.LightningModule):
         if self.svre is not None:
             self.evaluations += self.svre.maybe_snapshot(self)
         samples = self.split_batch(real, indices)
+        if self.loss_scale is not None:
+            self._undo.capture()
         self.scheme.step(game, samples)
-        self._raise_if_diverged(game)
-        if self.lookahead is not None:
+        skipped = self._skip_or_raise_if_not_finite(game)
+        if self.lookahead is not None and not skipped:
             self.lookahead.step((self.generator, self.discriminator), self.trainer.global_step + 1)
         if self.svre is not None:
             values = self.svre.log_values(self, logging_now=self._logging_now())
             if values:
                 self.log_dict(values, on_step=True, on_epoch=False)
         self._sync_buffers()
-        self.generator_averages.update(self.generator)
-        if self.discriminator_averages is not None:
-            self.discriminator_averages.update(self.discriminator)
+        if not skipped:
+            self.generator_averages.update(self.generator)
+            if self.discriminator_averages is not None:
+                self.discriminator_averages.update(self.discriminator)
         self.evaluations += self.scheme.evaluations_per_step
         self.images_seen += real.shape[0] * self.trainer.world_size
         self._count_iteration()
@@ -331,16 +362,24 @@ class GANModule(pl.LightningModule):
         for live, average in zip((self.generator, self.discriminator), averages):
             average.restart(live)
 
-    def _raise_if_diverged(self, game: GameStep) -> None:
-        """One host sync per iteration; every rank reads the same all-reduced field, so all of them stop together."""
+    def _skip_or_raise_if_not_finite(self, game: GameStep) -> bool:
+        """One host sync per iteration; every rank reads the same all-reduced field, so all of them stop (or, under
+        float16's loss scale, skip the iteration) together. Returns whether the iteration was skipped."""
         if game.finite_check is None or (bad := game.finite_check.verdict()) is None:
-            return
+            if self.loss_scale is not None:
+                self.loss_scale.update(overflow=False)
+            return False
+        if self.loss_scale is not None and not self.loss_scale.exhausted:
+            self._undo.restore()
+            self.loss_scale.update(overflow=True)
+            return True
         stats = game.game.stats
         losses = ", ".join(f"{name} {float(value):.4g}" for name, value in (
             ("generator", stats.generator_loss), ("discriminator", stats.discriminator_loss)) if value is not None)
         raise DivergenceError(
             f"Diverged in iteration {self.trainer.global_step + 1} (scheme {self.scheme.name}): {bad.describe()}"
             + (f" (last losses on rank {self.trainer.global_rank}: {losses})" if losses else "")
+            + (f" at loss scale {self.loss_scale.scale:g}" if self.loss_scale is not None else "")
             + "; lower the step sizes (g_optimizer.lr, d_optimizer.lr) or resume from the last checkpoint"
         )
 
@@ -379,6 +418,9 @@ class GANModule(pl.LightningModule):
             values[f"train/lr_{name}"] = float(optimizer.param_groups[0]["lr"])
         values["train/evaluations"] = float(self.evaluations)
         values["train/images_seen"] = float(self.images_seen)
+        if self.loss_scale is not None:
+            values["train/loss_scale"] = self.loss_scale.scale
+            values["train/skipped_iterations"] = float(self.loss_scale.skipped)
         self.log_dict(values, on_step=True, on_epoch=False)
         self.log_dict({"loss_g": stats.generator_loss, "loss_d": stats.discriminator_loss},
                       prog_bar=True, logger=False, on_step=True, on_epoch=False)  # progress bar only
@@ -442,6 +484,7 @@ class GANModule(pl.LightningModule):
             "latent_bank": tables["bank"],
             "pass_latents": tables["pass"],
             "svre": self.svre.extra_state() if self.svre is not None else None,
+            "loss_scale": self.loss_scale.state_dict() if self.loss_scale is not None else None,
             "world_size": self.trainer.world_size if self._trainer is not None else 1,
         }
 
@@ -458,6 +501,9 @@ class GANModule(pl.LightningModule):
         if self.svre is not None:
             self.svre.load_extra_state(state["svre"])
             self._game = None  # rebind the estimator to the restored state
+        self._loss_scale_state = state.get("loss_scale")
+        if self.loss_scale is not None and self._loss_scale_state is not None:
+            self.loss_scale.load_state_dict(self._loss_scale_state)
 
 
 def _record_epoch_as_unfinished(trainer: pl.Trainer, checkpoint: dict[str, Any]) -> None:

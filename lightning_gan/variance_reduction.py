@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_gan import distributed
+from lightning_gan.game.finite import DivergenceError
 from lightning_gan.game.gan import GANGame
 from lightning_gan.optim.svre import SnapshotTrigger, SVRGEstimator
 
@@ -87,7 +88,7 @@ class SVREState(nn.Module):
         """The estimator around ``game``, whose snapshot game uses the snapshot players."""
         if self.estimator is None or self.estimator.game is not game:
             snapshot = GANGame(self.snapshot_generator, self.snapshot_discriminator, game.loss,
-                               penalty_rng=game.penalty_rng)
+                               penalty_rng=game.penalty_rng, loss_scale=game.loss_scale)
             self.estimator = SVRGEstimator(game, snapshot)
             if self._estimator_state is not None:
                 self.estimator.load_state_dict(self._estimator_state)
@@ -140,6 +141,15 @@ class SVREState(nn.Module):
 
         loader = datamodule.full_pass_dataloader(datamodule.batch_size * module.accumulation)
         self.take_snapshot(full_pass(iter(loader), to_sample))
+        scale = self.estimator.game.loss_scale if self.estimator is not None else None
+        while scale is not None and not self.estimator.mu_is_finite():  # float16 overflow: retake at half the scale
+            if scale.exhausted:
+                raise DivergenceError(f"Diverged at the SVRE snapshot of iteration {trainer.global_step + 1}: mu is "
+                                      f"not finite at loss scale {scale.scale:g}; lower the step sizes or resume "
+                                      "from the last checkpoint")
+            scale.backoff()
+            scale.retaken_snapshots += 1
+            self.take_snapshot(full_pass(iter(loader), to_sample))
         module.snapshot_passes += 1
         global_batch = trainer.world_size * datamodule.batch_size * module.accumulation
         return math.ceil(len(loader.dataset) / global_batch)

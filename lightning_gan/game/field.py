@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lightning_gan.game.losses import GANLoss
+from lightning_gan.game.losses import GANLoss, full_precision
 
-__all__ = ["FieldValue", "gan_field", "flat_norm", "trainable_parameters"]
+__all__ = ["FieldValue", "gan_field", "flat_norm", "full_precision", "trainable_parameters"]
 
 
 @dataclass(frozen=True)
@@ -61,19 +61,26 @@ def flat_norm(tensors: Iterable[Tensor]) -> Tensor:
     return torch.linalg.vector_norm(torch.stack(norms))
 
 
-def _grad(output: Tensor, params: Sequence[Tensor], *, retain_graph: bool, create_graph: bool = False) -> list[Tensor]:
+def _grad(output: Tensor, params: Sequence[Tensor], *, retain_graph: bool, create_graph: bool = False,
+          scale: float = 1.0) -> list[Tensor]:
     """d output / d params, with zeros where ``output`` does not depend on a parameter.
 
     ``create_graph`` keeps the gradients differentiable (for J^T v products, see
-    :mod:`lightning_gan.game.consensus`); it then also retains the forward graph.
+    :mod:`lightning_gan.game.consensus`); it then also retains the forward graph. ``scale`` (a power of two, float16's
+    loss scale, see :mod:`lightning_gan.precision`) differentiates ``scale * output`` and divides the gradients by it:
+    the same gradients, without float16's underflow in the backward pass.
     """
     if not params:
         return []
     if not output.requires_grad:  # e.g. D's scores do not depend on G at all
         return [torch.zeros_like(p) for p in params]
-    grads = torch.autograd.grad(output, params, retain_graph=retain_graph or create_graph,
-                                create_graph=create_graph, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+    grads = torch.autograd.grad(output * scale if scale != 1.0 else output, params,
+                                retain_graph=retain_graph or create_graph, create_graph=create_graph,
+                                allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+    if scale != 1.0:
+        torch._foreach_mul_(grads, 1.0 / scale)
+    return grads
 
 
 def _split_scores(scores: Tensor, n_real: int, n_total: int) -> tuple[Tensor, Tensor]:
@@ -141,6 +148,7 @@ def gan_field(
     fast_zero_sum: bool = False,
     players: Sequence[int] = (0, 1),
     create_graph: bool = False,
+    loss_scale: float = 1.0,
 ) -> FieldValue:
     """Evaluate F(w; xi) = (grad_theta L_G, grad_phi L_D) at the players' current parameters.
 
@@ -187,6 +195,8 @@ def gan_field(
         players: whose gradients to compute, 0 (G) and/or 1 (D).
         create_graph: return gradients that are differentiable in (theta, phi) (both players only), so that
             a J^T v product can follow (consensus optimization); off, the path is unchanged.
+        loss_scale: float16's loss scale (a power of two; 1 off): the losses are scaled before each backward pass
+            and the gradients unscaled after it (see :mod:`lightning_gan.precision`); not with ``create_graph``.
 
     Returns:
         The field and detached losses and mean scores, as a :class:`FieldValue`.
@@ -196,8 +206,11 @@ def gan_field(
         raise ValueError(f"Invalid players: {tuple(players)!r}; expected a non-empty subset of (0, 1)")
     if create_graph and not (need_g and need_d):
         raise ValueError(f"Invalid players: {tuple(players)!r} with create_graph=True; expected both (0, 1)")
+    if create_graph and loss_scale != 1.0:
+        raise ValueError(f"Invalid loss_scale: {loss_scale!r} with create_graph=True; expected 1 (no loss scaling of "
+                         "differentiable fields)")
     if not (need_g and need_d):
-        return _one_player_field(generator, discriminator, loss, real, z, need_g, generator_rng)
+        return _one_player_field(generator, discriminator, loss, real, z, need_g, generator_rng, loss_scale)
     if fast_zero_sum:
         _check_fast_path(loss, discriminator)
     g_params = trainable_parameters(generator)
@@ -206,7 +219,7 @@ def gan_field(
         fake = generator(z)
         _check_fake(fake, real)
         n_real = real.shape[0]
-        scores = discriminator(torch.cat([real, fake]))
+        scores = full_precision(discriminator(torch.cat([real, fake])))  # losses in float32 under autocast
         d_real, d_fake = _split_outputs(loss, scores, n_real, n_real + fake.shape[0])
 
         loss_d = loss.discriminator_loss(d_real, d_fake)
@@ -216,13 +229,14 @@ def gan_field(
         loss_g = _generator_loss(loss, d_real, d_fake)
 
         if fast_zero_sum:
-            grads = _grad(loss_d, d_params + g_params, retain_graph=False, create_graph=create_graph)
+            grads = _grad(loss_d, d_params + g_params, retain_graph=False, create_graph=create_graph,
+                          scale=loss_scale)
             d_grads = grads[: len(d_params)]
             g_grads = [g.neg() for g in grads[len(d_params) :]]
         else:
             # L_D to phi only: autograd prunes G's graph, so G is not traversed here.
-            d_grads = _grad(loss_d, d_params, retain_graph=True, create_graph=create_graph)
-            g_grads = _grad(loss_g, g_params, retain_graph=False, create_graph=create_graph)
+            d_grads = _grad(loss_d, d_params, retain_graph=True, create_graph=create_graph, scale=loss_scale)
+            g_grads = _grad(loss_g, g_params, retain_graph=False, create_graph=create_graph, scale=loss_scale)
 
     return FieldValue(
         generator_grads=g_grads,
@@ -252,7 +266,8 @@ def _check_fake(fake: Tensor, real: Tensor) -> None:
 
 
 def _one_player_field(generator: nn.Module, discriminator: nn.Module, loss: GANLoss, real: Tensor, z: Tensor,
-                      generator_only: bool, generator_rng: torch.Generator | None) -> FieldValue:
+                      generator_only: bool, generator_rng: torch.Generator | None,
+                      loss_scale: float = 1.0) -> FieldValue:
     """One player's half of F, at the cost of that player's textbook step."""
     with torch.enable_grad():
         if generator_only:
@@ -261,22 +276,23 @@ def _one_player_field(generator: nn.Module, discriminator: nn.Module, loss: GANL
             d_real = None
             # L_G sees the real batch: coupled by BatchNorm, paired (rpgan), or features (mmd)
             if uses_batch_statistics(discriminator) or loss.relativistic or getattr(loss, "feature_critic", False):
-                scores = discriminator(torch.cat([real, fake]))
+                scores = full_precision(discriminator(torch.cat([real, fake])))
                 d_real, d_fake = _split_outputs(loss, scores, real.shape[0], real.shape[0] + fake.shape[0])
             else:
-                d_fake = _split_scores(discriminator(fake), 0, fake.shape[0])[1]
+                d_fake = _split_scores(full_precision(discriminator(fake)), 0, fake.shape[0])[1]
             loss_g = _generator_loss(loss, d_real, d_fake)
-            grads = _grad(loss_g, trainable_parameters(generator), retain_graph=False)
+            grads = _grad(loss_g, trainable_parameters(generator), retain_graph=False, scale=loss_scale)
             return FieldValue(grads, [], loss_g.detach(), None, None, d_fake.detach().mean())
         with torch.no_grad():
             fake = generator(z)
         _check_fake(fake, real)
         n_real = real.shape[0]
-        d_real, d_fake = _split_outputs(loss, discriminator(torch.cat([real, fake])), n_real, n_real + fake.shape[0])
+        scores = full_precision(discriminator(torch.cat([real, fake])))
+        d_real, d_fake = _split_outputs(loss, scores, n_real, n_real + fake.shape[0])
         loss_d = loss.discriminator_loss(d_real, d_fake)
         penalty = _penalty(loss, discriminator, real, fake, d_real, d_fake, generator_rng)
         if penalty is not None:
             loss_d = loss_d + penalty
-        grads = _grad(loss_d, trainable_parameters(discriminator), retain_graph=False)
+        grads = _grad(loss_d, trainable_parameters(discriminator), retain_graph=False, scale=loss_scale)
     return FieldValue([], grads, None, loss_d.detach(), d_real.detach().mean(), d_fake.detach().mean(),
                       None if penalty is None else penalty.detach())

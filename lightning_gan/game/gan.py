@@ -8,8 +8,10 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from lightning_gan.game.field import FieldValue, _check_fake, _generator_loss, _penalty, _split_outputs, gan_field
+from lightning_gan.game.field import (FieldValue, _check_fake, _generator_loss, _penalty, _split_outputs, full_precision,
+                                     gan_field)
 from lightning_gan.game.losses import GANLoss
+from lightning_gan.precision import GameLossScale
 
 MicroBatch = tuple[Tensor, Tensor]  # (real, z)
 
@@ -55,13 +57,16 @@ class GANGame:
         discriminator: player 1.
         loss: the players' objectives.
         penalty_rng: the generator of the gradient penalty's interpolation weights.
+        loss_scale: float16's shared loss scale (:class:`~lightning_gan.precision.GameLossScale`, read at every
+            evaluation), or None.
     """
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, loss: GANLoss,
-                 penalty_rng: torch.Generator | None = None) -> None:
+                 penalty_rng: torch.Generator | None = None, loss_scale: GameLossScale | None = None) -> None:
         self.players = (generator, discriminator)
         self.loss = loss
         self.penalty_rng = penalty_rng
+        self.loss_scale = loss_scale
         self.stats = FieldStats()
 
     def field(self, sample: Sequence[MicroBatch], players: Sequence[int] = (0, 1)) -> list[list[Tensor]]:
@@ -84,9 +89,10 @@ class GANGame:
         generator, discriminator = self.players
         sums: list[list[Tensor]] | None = None
         stats: list[FieldValue] = []
+        scale = 1.0 if self.loss_scale is None else self.loss_scale.scale
         for real, z in sample:
             value = gan_field(generator, discriminator, self.loss, real, z, generator_rng=self.penalty_rng,
-                              players=players, create_graph=create_graph)
+                              players=players, create_graph=create_graph, loss_scale=scale)
             stats.append(value)
             if sums is None:
                 sums = [list(value.generator_grads), list(value.discriminator_grads)]
@@ -145,7 +151,7 @@ class GANObjective:
         return lambda x: torch.func.functional_call(discriminator, substituted, (x,))
 
     def _scores(self, discriminator: Any, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor]:
-        scores = discriminator(torch.cat([real, fake]))
+        scores = full_precision(discriminator(torch.cat([real, fake])))
         return _split_outputs(self.game.loss, scores, real.shape[0], real.shape[0] + fake.shape[0])
 
     def discriminator_loss(self, params: Sequence[Tensor] | None) -> Tensor:

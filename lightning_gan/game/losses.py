@@ -34,6 +34,12 @@ def _check_non_negative(name: str, value: float) -> float:
     return float(value)
 
 
+def full_precision(t: Tensor) -> Tensor:
+    """``t`` in float32 if autocast made it half (bfloat16 / float16), else ``t`` itself (float64 toys stay float64):
+    losses and penalties are computed from D's outputs in full precision."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def _input_gradients(discriminator: nn.Module, x: Tensor) -> Tensor:
     """grad_x D(x) per sample, ``[N, -1]``, with a graph to D's parameters, none to x's origin (G).
 
@@ -41,7 +47,7 @@ def _input_gradients(discriminator: nn.Module, x: Tensor) -> Tensor:
     """
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        scores = discriminator(x)
+        scores = full_precision(discriminator(x))
         (grad,) = torch.autograd.grad(scores.sum(), x, create_graph=True)
     return grad.flatten(1)
 
@@ -144,7 +150,7 @@ class GradientPenalty:
         device = generator.device if generator is not None else real.device
         alpha = torch.rand(shape, generator=generator, device=device, dtype=real.dtype)
         alpha = alpha.to(real.device)
-        xhat = torch.lerp(fake.detach(), real.detach(), alpha)
+        xhat = torch.lerp(fake.detach().to(real.dtype), real.detach(), alpha)  # G's output is half under autocast
         norms = torch.linalg.vector_norm(_input_gradients(discriminator, xhat), dim=1)
         return self.weight * (norms - 1).pow(2).mean()
 

@@ -105,6 +105,12 @@ class SVRGEstimator:
         self.mu = sums
         self.snapshots_taken += 1
 
+    def mu_is_finite(self) -> bool:
+        """Whether every entry of mu is finite (one host sync)."""
+        assert self.mu is not None
+        norms = torch._foreach_norm([g for player in self.mu for g in player])
+        return bool(torch.isfinite(torch.stack(norms)).all())
+
     def mu_norm(self) -> Tensor:
         assert self.mu is not None
         return flat_norm([g for player in self.mu for g in player])
