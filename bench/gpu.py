@@ -6,7 +6,8 @@
 Grid: model (``dcgan32``: DCGAN 32x32x3, ``resnet32``: the SN-free ResNet of ``lightning_gan.models``, both on
 CIFAR-shaped synthetic data in [-1, 1]) x scheme (simultaneous, extragradient, svre) x batch (64, 256, 1024) x
 precision/layout variant (fp32, fp32 + channels_last, fp32 + compile, bf16, bf16 + channels_last, bf16 + compile).
-bf16 rows are listed and marked "not supported yet" (mixed precision is not in the library yet); they are never run.
+bf16 rows train with ``trainer.precision bf16-mixed`` (autocast around the module's iteration) and the hand loop
+under the same ``torch.autocast``.
 
 Timing reuses ``bench/step_overhead.py``: :class:`PairedTimer` runs one iteration of :class:`HandLoop` (same
 players, same batches, same optimizer math; here with its latents drawn on the device, and with channels_last or
@@ -61,7 +62,7 @@ from lightning_gan.variance_reduction import SVREConfig
 MODELS = ("dcgan32", "resnet32")
 SCHEMES = ("simultaneous", "extragradient", "svre")
 BATCHES = (64, 256, 1024)
-# (name, precision, channels_last, compile); precision "bf16" is not implemented in the library yet
+# (name, precision, channels_last, compile)
 VARIANTS = {
     "fp32": ("fp32", False, False),
     "fp32+channels_last": ("fp32", True, False),
@@ -70,7 +71,7 @@ VARIANTS = {
     "bf16+channels_last": ("bf16", True, False),
     "bf16+compile": ("bf16", False, True),
 }
-SUPPORTED_PRECISIONS = ("fp32",)
+TRAINER_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed"}
 SHAPE = (3, 32, 32)
 DRAWS = {"simultaneous": 1, "extragradient": 2, "svre": 2}
 
@@ -102,6 +103,14 @@ class DeviceHandLoop(so.HandLoop):
 
     def z(self) -> Tensor:
         return torch.randn(self.batch_size, self.G.latent_dim, generator=self.z_gen, device=self.device)
+
+
+class AutocastHandLoop(DeviceHandLoop):
+    """The hand loop with its whole iteration under ``torch.autocast(bfloat16)``, as Lightning runs the module's."""
+
+    def step(self, real: Tensor) -> None:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            super().step(real)
 
 
 class SyncedTimer(so.PairedTimer):
@@ -164,13 +173,13 @@ def make_svre_module(g: nn.Module, d: nn.Module, snapshot_every: int, channels_l
 
 
 def fit(module: GANModule, device: torch.device, iterations: int, *, batches: list[Tensor] | None = None,
-        datamodule: GameDataModule | None = None, timer: pl.Callback | None = None) -> None:
+        datamodule: GameDataModule | None = None, timer: pl.Callback | None = None, precision: str = "fp32") -> None:
     """``trainer.fit`` for exactly ``iterations`` game iterations on ``device`` (step_overhead.fit_module, on any
     accelerator): over the in-memory ``batches`` (already on the device) or the ``datamodule``."""
     trainer = pl.Trainer(accelerator=device.type, devices=1, max_steps=iterations, logger=False,
                          callbacks=([] if timer is None else [timer]) + [SignalCheckpoint()],
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, limit_val_batches=0, precision="32-true")
+                         num_sanity_val_steps=0, limit_val_batches=0, precision=TRAINER_PRECISION[precision])
     if datamodule is None:
         loader = torch.utils.data.DataLoader([batches[i % len(batches)] for i in range(iterations)], batch_size=None)
         trainer.fit(module, train_dataloaders=loader)
@@ -240,7 +249,7 @@ def bench_row(model: str, scheme: str, batch: int, variant: str, *, device: torc
 
         def run_module(steps: int, timer=None) -> None:
             module = make_svre_module(copy.deepcopy(g0), copy.deepcopy(d0), every, channels_last, compile_)
-            fit(module, device, steps, timer=timer,
+            fit(module, device, steps, timer=timer, precision=precision,
                 datamodule=SyntheticImages(size, batch, on_device=device.type == "cuda"))
 
         timer = SyncedTimer(None, None, device=device)
@@ -266,13 +275,14 @@ def bench_row(model: str, scheme: str, batch: int, variant: str, *, device: torc
                     player.to(memory_format=torch.channels_last)
                 if compile_:
                     player.compile()
-            return DeviceHandLoop(g, d, scheme, batch_size=batch, device=device)
+            loop = AutocastHandLoop if precision == "bf16" else DeviceHandLoop
+            return loop(g, d, scheme, batch_size=batch, device=device)
 
         module = so.make_module(copy.deepcopy(g0), copy.deepcopy(d0), scheme, False, channels_last=channels_last,
                                 compile_=compile_)
         timer = SyncedTimer(make_hand(), hand_batches, before=order % 2 == 1, device=device)
         gc.collect()
-        fit(module, device, total, batches=batches, timer=timer)
+        fit(module, device, total, batches=batches, timer=timer, precision=precision)
         hand, per_iter, step = timer.per_iteration(warmup, iterations)
         row.hand_ms, row.hand_it_s = 1e3 * hand, 1 / hand
         row.hand_img_s = batch * row.g_updates_per_iteration / hand
@@ -281,7 +291,7 @@ def bench_row(model: str, scheme: str, batch: int, variant: str, *, device: torc
         if memory:
             row.module_peak_mib = _peak(device, lambda: fit(
                 so.make_module(copy.deepcopy(g0), copy.deepcopy(d0), scheme, False, channels_last=channels_last,
-                               compile_=compile_), device, 3, batches=batches))
+                               compile_=compile_), device, 3, batches=batches, precision=precision))
 
             def run_hand() -> None:
                 loop = make_hand()
@@ -347,7 +357,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda", help="cuda (default, one GPU) or cpu")
     parser.add_argument("--quick", action="store_true",
                         help="tiny grid: dcgan32 at width 8, batch 8, all three schemes, fp32 and fp32+channels_last "
-                             "(bf16 rows listed as not supported), 1 warm-up + 3 timed iterations")
+                             "bf16 and bf16+channels_last, 1 warm-up + 3 timed iterations")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=None)
     parser.add_argument("--schemes", nargs="+", choices=SCHEMES, default=None)
     parser.add_argument("--batches", nargs="+", type=int, default=None)
@@ -387,10 +397,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"device: {info['device']} | torch {info['torch']} | CUDA {info['cuda']} | cuDNN {info['cudnn']}",
           flush=True)
     cells = grid(args)
-    runnable = [c for c in cells if VARIANTS[c[3]][0] in SUPPORTED_PRECISIONS]
-    estimate = len(runnable) * (3.0 if args.quick else 7.0)
-    print(f"{len(cells)} rows ({len(runnable)} runnable, {len(cells) - len(runnable)} bf16 not supported yet), "
-          f"{args.warmup} + {args.iterations} iterations each; estimate ~{estimate:.0f} s "
+    estimate = len(cells) * (3.0 if args.quick else 7.0)
+    print(f"{len(cells)} rows, {args.warmup} + {args.iterations} iterations each; estimate ~{estimate:.0f} s "
           f"(budget {args.budget_s:.0f} s: rows past it are skipped)", flush=True)
     memory = device.type == "cuda" and not args.no_memory
 
@@ -405,10 +413,6 @@ def main(argv: list[str] | None = None) -> dict:
             warnings.filterwarnings("ignore", module="torchdata")  # "'set_vital' is deprecated"
             for i, (model, scheme, batch, variant) in enumerate(cells):
                 precision, channels_last, compile_ = VARIANTS[variant]
-                if precision not in SUPPORTED_PRECISIONS:
-                    rows.append(Row(model, scheme, batch, variant, precision, channels_last, compile_,
-                                    "not supported yet (bf16-mixed is not in the library)"))
-                    continue
                 if compile_ and device.type == "cpu" and args.quick:
                     rows.append(Row(model, scheme, batch, variant, precision, channels_last, compile_,
                                     "skipped: compile not in --quick"))

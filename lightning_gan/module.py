@@ -35,7 +35,9 @@ class GANModule(pl.LightningModule):
     :mod:`lightning_gan.schemes`); every evaluation is averaged over ``accumulation`` micro-batches
     and all-reduced across ranks once. Run it with ``strategy="game_ddp"`` on several devices:
     Lightning's own DDP wrapper is refused, since it cannot sync two players' manual gradients.
-    ``trainer.global_step`` counts game iterations, so ``max_steps`` is in iterations.
+    ``trainer.global_step`` counts game iterations, so ``max_steps`` is in iterations. ``trainer.precision``:
+    ``32-true``, ``bf16-mixed`` or ``16-mixed`` (one loss scale for both players; an overflowing iteration is undone
+    as a whole, see :mod:`lightning_gan.precision`).
 
     Args:
         generator: player 0, ``z -> x``, with a ``latent_dim`` attribute.
