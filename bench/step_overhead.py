@@ -30,7 +30,8 @@ one integer per iteration on several ranks, nothing on one). ``--compare FEATURE
 one feature in the same repetition (each fit paired with its own baseline iterations) and reports the feature's cost
 as the ratio of the two ratios: ``guards``, ``lookahead`` (Lookahead-minmax, k 5, alpha 0.5) or ``schedule``
 (inverse-square-root decay with warm-up for both players), ``channels_last`` (dcgan28 only) or ``compile`` (both
-players ``torch.compile``d; the warm-up iterations absorb the compilation). ``--compare guards`` also times the agreement's all-reduce
+players ``torch.compile``d; the warm-up iterations absorb the compilation) or ``bf16`` (``trainer.precision bf16-mixed``:
+the module's iteration under bfloat16 autocast; the hand loop stays float32, so the cost is the module's own). ``--compare guards`` also times the agreement's all-reduce
 on 2 gloo processes against the all-reduce of the model's gradients, the collective every evaluation makes anyway.
 
 ``--compare consensus`` (gamma 10: F + gamma J^T F, a double backward per evaluation) and ``--compare unrolled``
@@ -354,7 +355,7 @@ class PairedTimer(pl.Callback):
         return sum(base) / iterations, fit, step
 
 
-COMPARED = ("none", "guards", "lookahead", "schedule", "consensus", "unrolled", "channels_last", "compile")
+COMPARED = ("none", "guards", "lookahead", "schedule", "consensus", "unrolled", "channels_last", "compile", "bf16")
 
 
 def make_module(generator: nn.Module, discriminator: nn.Module, scheme: str, averaging: bool,
@@ -372,14 +373,14 @@ def make_module(generator: nn.Module, discriminator: nn.Module, scheme: str, ave
 
 
 def fit_module(module: GANModule, batches: list[Tensor], iterations: int, timer: PairedTimer | None = None,
-               guards: bool = True) -> None:
+               guards: bool = True, precision: str = "32-true") -> None:
     """``trainer.fit`` for exactly ``iterations`` game iterations (one epoch) over the in-memory batches."""
     loader = torch.utils.data.DataLoader([batches[i % len(batches)] for i in range(iterations)], batch_size=None)
     callbacks = ([] if timer is None else [timer]) + ([SignalCheckpoint()] if guards else [])
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=iterations, logger=False,
                          callbacks=callbacks, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         limit_val_batches=0)
+                         limit_val_batches=0, precision=precision)
     trainer.fit(module, train_dataloaders=loader)
     assert trainer.global_step == iterations, (trainer.global_step, iterations)
 
@@ -458,7 +459,8 @@ def _timed_fit(g0: nn.Module, d0: nn.Module, scheme: str, batches: list[Tensor],
                          channels_last=on and compared == "channels_last", compile_=on and compared == "compile")
     timer = PairedTimer(loop, batches, before=before)
     gc.collect()
-    fit_module(module, batches, warmup + iterations + 1, timer, guards)
+    precision = "bf16-mixed" if on and compared == "bf16" else "32-true"
+    fit_module(module, batches, warmup + iterations + 1, timer, guards, precision)
     return timer.per_iteration(warmup, iterations)
 
 
