@@ -24,6 +24,12 @@ not an overflow: :class:`~lightning_gan.game.finite.DivergenceError`.
 
 Multiplying a loss by a power of two and its gradients by the inverse is exact in floating point (away from
 overflow and underflow), so the scale changes no finite result.
+
+What Lightning's precision plugin does here: ``MixedPrecision`` supplies the autocast context around
+``training_step`` (and refuses ``16-mixed`` on a CPU accelerator by switching to bf16: CPU tests pass the plugin
+itself). Its ``GradScaler`` stays idle: it acts in ``manual_backward`` and ``LightningOptimizer.step``, and the game
+takes its gradients with ``torch.autograd.grad`` and steps the raw optimizers (twice per iteration for
+extragradient), so the scale, the check and the skip are done here instead.
 """
 
 from __future__ import annotations
