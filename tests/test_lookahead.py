@@ -29,26 +29,17 @@ LOOKAHEAD = LookaheadConfig(k=3, alpha=0.5)
 # -- the oracle: bilinear game, simultaneous GD ------------------------------------------------------------------
 
 
-def set_flat(game: ToyGame, w: torch.Tensor) -> None:
-    offset = 0
-    with torch.no_grad():
-        for player in game.players:
-            for p in player.parameters():
-                p.copy_(w[offset:offset + p.numel()].view_as(p))
-                offset += p.numel()
-
-
 def jacobian(game: ToyGame) -> torch.Tensor:
     """A with F(w) = A w + F(0), column by column (exact for the linear fields of the bilinear games)."""
     w0 = game.flat_point()
 
     def field(w: torch.Tensor) -> torch.Tensor:
-        set_flat(game, w)
+        game.set_flat_point(w)
         return torch.cat([g.reshape(-1) for grads in game.field() for g in grads])
 
     base = field(torch.zeros_like(w0))
     A = torch.stack([field(e) - base for e in torch.eye(w0.numel(), dtype=w0.dtype)], dim=1)
-    set_flat(game, w0)
+    game.set_flat_point(w0)
     return A
 
 

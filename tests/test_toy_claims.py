@@ -34,17 +34,8 @@ Vec = Callable[[Tensor], Tensor]
 def flat_field(game: ToyGame, w: Tensor | None = None) -> Tensor:
     """F at ``w`` (or at the current point) as one flat vector; moves the game to ``w``."""
     if w is not None:
-        set_flat(game, w)
+        game.set_flat_point(w)
     return torch.cat([g.reshape(-1) for grads in game.field() for g in grads])
-
-
-def set_flat(game: ToyGame, w: Tensor) -> None:
-    offset = 0
-    with torch.no_grad():
-        for player in game.players:
-            for p in player.parameters():
-                p.copy_(w[offset:offset + p.numel()].view_as(p))
-                offset += p.numel()
 
 
 def field_fn(game: ToyGame) -> Vec:

@@ -129,6 +129,15 @@ class ToyGame(nn.Module):
         """The current point as one flat vector (player 0 first)."""
         return torch.cat([p.detach().reshape(-1) for player in self.players for p in player.parameters()])
 
+    @torch.no_grad()
+    def set_flat_point(self, w: Tensor) -> None:
+        """Overwrite the parameters from one flat vector laid out as :meth:`flat_point` (in place)."""
+        offset = 0
+        for player in self.players:
+            for p in player.parameters():
+                p.copy_(w[offset:offset + p.numel()].view_as(p))
+                offset += p.numel()
+
     def distance(self) -> float:
         """Euclidean distance of the current point to :attr:`equilibrium`."""
         sq = 0.0
