@@ -60,13 +60,14 @@ from lightning_gan.threads import choose_num_threads
 __all__ = ["GANArgumentParser", "GANCLI", "main"]
 
 #: Every subcommand of ``lightning-gan``: ``fit`` is GANCLI's, the others are dispatched by :func:`main`.
-SUBCOMMANDS = ("fit", "evaluate", "sample")
+SUBCOMMANDS = ("fit", "evaluate", "sample", "adagan")
 DESCRIPTION = "Train a GAN as a two-player game, score its checkpoints, draw samples from them."
 EPILOG = """\
 what each subcommand does:
   fit        train (or resume) a run: lightning-gan fit --config configs/quickstart.yaml
   evaluate   FID / KID / IS or toy metrics of a checkpoint: lightning-gan evaluate --ckpt PATH
   sample     write samples of a checkpoint (grid, PNGs, npz): lightning-gan sample --ckpt PATH
+  adagan     train an AdaGAN mixture of GANs (each a fit run): lightning-gan adagan --config C --adagan.components 5
 each has its own --help."""
 
 #: Default of ``--collective_timeout``: long enough for a slow checkpoint write or SVRE snapshot pass of one rank.
@@ -404,7 +405,8 @@ def main(args: Sequence[str] | None = None) -> None:
     """Entry point of the ``lightning-gan`` console script and of ``python -m lightning_gan``.
 
     ``lightning-gan evaluate ...`` goes to :mod:`lightning_gan.evaluate`, ``sample ...`` to :mod:`lightning_gan.sample`,
-    ``fit`` and the options to :class:`GANCLI`; any other first word is refused in one line.
+    ``adagan ...`` to :mod:`lightning_gan.adagan.run`, ``fit`` and the options to :class:`GANCLI`; any other first word
+    is refused in one line.
     """
     argv = list(sys.argv[1:] if args is None else args)
     if argv[:1] == ["evaluate"]:
@@ -416,6 +418,12 @@ def main(args: Sequence[str] | None = None) -> None:
         from lightning_gan.sample import main as sample  # here: sample imports this module
 
         sample(argv[1:])
+        return
+    if argv[:1] == ["adagan"]:
+        from lightning_gan.adagan.run import main as adagan  # here: it imports this module
+
+        with full_disk_ends_run():
+            adagan(argv[1:])
         return
     if argv and not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS:
         fail(f"Invalid subcommand: {argv[0]!r}; expected one of {', '.join(SUBCOMMANDS)} (see {PROG} --help)")

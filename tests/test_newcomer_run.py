@@ -60,7 +60,7 @@ def test_a_fresh_clone_runs_the_quickstart_and_every_listed_subcommand(tmp_path)
     assert listed.returncode == 0, listed.stderr
     section = listed.stdout[listed.stdout.index("what each subcommand does:"):]
     subcommands = re.findall(r"^  (\w+) ", section, re.M)
-    assert subcommands == ["fit", "evaluate", "sample"], listed.stdout
+    assert subcommands == ["fit", "evaluate", "sample", "adagan"], listed.stdout
     assert not any(name in listed.stdout for name in ("validate", "predict")), listed.stdout
 
     log = tmp_path / "quickstart.log"

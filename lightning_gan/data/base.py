@@ -126,6 +126,11 @@ class GameDataModule(LightningDataModule):
     #: Set by the training module before the dataloaders are built; each loader batch holds
     #: ``batch_size * draws_per_step`` samples, to be split into ``draws_per_step`` chunks.
     draws_per_step: int = 1
+    #: Sampling weights of the training points (float64, (N,)) for an AdaGAN component, set before the loaders are
+    #: built (:class:`~lightning_gan.adagan.component.ComponentCLI`); None: the uniform permutation of GameSampler.
+    train_weights: Tensor | None = None
+    #: Seed of the weighted sampler (None: ``seed``).
+    train_weights_seed: int | None = None
 
     def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0, on_device: bool = False) -> None:
         if batch_size < 1:
@@ -169,12 +174,21 @@ class GameDataModule(LightningDataModule):
         batch = self.batch_size * self.draws_per_step
         if self.on_device:  # the same sampler over the indices alone; the rows are gathered on the device
             indices = _IndexDataset(len(dataset))  # type: ignore[arg-type]
-            sampler = GameSampler(indices, num_replicas=world_size, rank=rank, seed=self.seed)
+            sampler = self._train_sampler(indices, world_size, rank)
             return StatefulDataLoader(indices, batch_size=batch, sampler=sampler, drop_last=True,
                                       collate_fn=_collate_indices)
-        sampler = GameSampler(dataset, num_replicas=world_size, rank=rank, seed=self.seed)
+        sampler = self._train_sampler(dataset, world_size, rank)
         return StatefulDataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True,
                                   num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def _train_sampler(self, dataset: Sized, world_size: int, rank: int) -> DistributedSampler:
+        """GameSampler, or AdaGAN's weighted minibatches when ``train_weights`` is set (same sharding contract)."""
+        if self.train_weights is None:
+            return GameSampler(dataset, num_replicas=world_size, rank=rank, seed=self.seed)
+        from lightning_gan.adagan.sampler import WeightedGameSampler
+
+        seed = self.seed if self.train_weights_seed is None else self.train_weights_seed
+        return WeightedGameSampler(len(dataset), world_size, rank, self.train_weights, self.batch_size, seed=seed)
 
     def check_train_batch(self, world_size: int, draws_per_step: int) -> None:
         """Refuse a batch that leaves no training batch on some rank; callable before ``fit`` (the CLI does), so that
