@@ -9,7 +9,9 @@ The module and the data module are rebuilt from the run's config and the checkpo
 
 Sum-to-25 runs (:class:`~lightning_gan.data.Sum25DataModule`) get the task's metrics instead (``--metrics sum25``,
 :mod:`lightning_gan.metrics.sum25`): a line for the real tuples of ``--real-split`` (the classifier's ceiling), one per
-generator, and the distribution of digit sums as ``<out stem>.sums.png`` next to the JSON.
+generator, and the distribution of digit sums as ``<out stem>.sums.png`` next to the JSON. Stacked MNIST runs
+(:class:`~lightning_gan.data.StackedMNISTDataModule`) get ``--metrics stacked`` instead
+(:mod:`lightning_gan.metrics.stacked_mnist`: modes covered out of 1,000 and KL to the uniform), real line first.
 
 ``--two-sample`` adds two tests of H0 "generated and real samples come from one distribution" per generator
 (:mod:`lightning_gan.metrics.two_sample`): an MMD permutation test (Gaussian kernel, median-heuristic bandwidth) and
@@ -43,12 +45,13 @@ import torch
 from torch import Tensor
 
 from lightning_gan.cli_errors import PROG, USER_ERRORS, OneLineArgumentParser, fail
-from lightning_gan.data import GameDataModule, GaussianMixtureDataModule, Sum25DataModule
+from lightning_gan.data import GameDataModule, GaussianMixtureDataModule, StackedMNISTDataModule, Sum25DataModule
 from lightning_gan.metrics import ExtractorSpec, fidelity_metrics, mixture_metrics, resolve_extractor
 from lightning_gan.metrics.classifier import DATASETS
 from lightning_gan.metrics.features import DigitFeatureExtractor, InceptionFeatureExtractor
 from lightning_gan.metrics.fidelity import EXTRACTORS, METRICS
 from lightning_gan.metrics.image_metrics import default_extractor
+from lightning_gan.metrics.stacked_mnist import StackedMNISTScorer, format_stacked
 from lightning_gan.metrics.sum25 import (DEFAULT_THRESHOLD, Sum25Scorer, digit_extractor, format_sum25,
                                          plot_sum_histograms)
 from lightning_gan.metrics.two_sample import MIN_SAMPLES, classifier_two_sample_test, mmd_permutation_test
@@ -62,6 +65,7 @@ __all__ = ["Scorer", "TwoSamplePlan", "build_parser", "evaluate", "find_config",
 GENERATORS: tuple[str, ...] = get_args(GeneratorChoice)
 TOY_METRICS = ("modes", "mmd", "energy")  # modes: modes covered and share of high-quality samples
 SUM25_METRICS = ("sum25",)  # Sum25DataModule: digits read by the MNIST classifier (lightning_gan.metrics.sum25)
+STACKED_METRICS = ("stacked",)  # StackedMNISTDataModule: modes /1000 and KL (lightning_gan.metrics.stacked_mnist)
 TWO_SAMPLE_FEATURES = ("auto", "classifier", "inception", "points")
 TWO_SAMPLE_DEFAULT_MAX = 2000  # default M = min(N, 2000): MMD's pooled kernel matrix holds (2M)^2 float64 numbers
 TWO_SAMPLE_LEVEL = 0.05
@@ -75,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "config (e.g. --data.init_args.root when the data moved).")
     p.add_argument("--ckpt", required=True, type=Path, metavar="PATH", help="checkpoint written by `lightning-gan fit`")
     p.add_argument("--metrics", metavar="LIST", help="comma list: fid,kid,is (images), modes,mmd,energy "
-                   "(2-D mixtures) or sum25 (Sum25DataModule; also writes <out stem>.sums.png); default: all of "
-                   "the data's kind")
+                   "(2-D mixtures), sum25 (Sum25DataModule; also writes <out stem>.sums.png) or stacked "
+                   "(StackedMNISTDataModule); default: all of the data's kind")
     p.add_argument("--num-samples", type=int, default=10_000, metavar="N",
                    help="N generated and N real samples (default 10000)")
     p.add_argument("--generator", action="append", metavar="NAME",
@@ -99,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kid-subsets", type=int, default=100, metavar="M", help="KID subsets (default 100)")
     p.add_argument("--is-splits", type=int, default=10, metavar="M", help="IS splits (default 10)")
     p.add_argument("--confidence", type=float, default=DEFAULT_THRESHOLD, metavar="P",
-                   help=f"sum25: max softmax each digit needs for a tuple to count as confidently read (default "
-                        f"{DEFAULT_THRESHOLD})")
+                   help=f"sum25, stacked: max softmax each digit needs for a tuple to count as confidently read "
+                        f"(default {DEFAULT_THRESHOLD})")
     p.add_argument("--cache-dir", type=Path, metavar="DIR",
                    help="real-feature cache (default: $TORCH_HOME/fidelity_cache)")
     p.add_argument("--two-sample", action="store_true",
@@ -129,10 +133,11 @@ def _check_arguments(args: argparse.Namespace, overrides: list[str]) -> None:
     """Everything checkable from the arguments alone, before the config or the checkpoint is read."""
     check_overrides(overrides, "evaluate")
     unknown = [m for m in _names([args.metrics] if args.metrics else None)
-               if m not in METRICS + TOY_METRICS + SUM25_METRICS]
+               if m not in METRICS + TOY_METRICS + SUM25_METRICS + STACKED_METRICS]
     if unknown:
         fail(f"Invalid metrics: {unknown}; expected a comma list of {', '.join(METRICS)} (images), "
-             f"{', '.join(TOY_METRICS)} (2-D mixtures) or {', '.join(SUM25_METRICS)} (Sum25DataModule)")
+             f"{', '.join(TOY_METRICS)} (2-D mixtures), {', '.join(SUM25_METRICS)} (Sum25DataModule) or "
+             f"{', '.join(STACKED_METRICS)} (StackedMNISTDataModule)")
     if not 0 < args.confidence <= 1:
         fail(f"Invalid --confidence: {args.confidence}; expected 0 < P <= 1")
     unknown = [g for g in _names(args.generator) if g not in GENERATORS]
@@ -184,8 +189,11 @@ class Scorer:
     cache_name: str | None = None
     cache_root: Path | None = None
     sum25: Sum25Scorer | None = None
+    stacked: StackedMNISTScorer | None = None  # stacked MNIST: modes and KL of the digit triples read by ``spec``
 
     def __call__(self, samples: Tensor, real: Tensor) -> dict[str, float]:
+        if self.stacked is not None:
+            return self.stacked(samples)
         if self.sum25 is not None:
             return self.sum25(samples)[0]
         if self.spec is None:
@@ -218,6 +226,8 @@ def format_line(which: str, values: dict[str, float], note: str) -> str:
         parts.append(f"energy {values['energy']:.4f}")
     if "sum25" in values:
         parts.append(format_sum25(values))
+    if "stacked_modes" in values:
+        parts.append(format_stacked(values))
     return f"{which}: {'  '.join(parts)}  ({note})"
 
 
@@ -297,6 +307,12 @@ def _plan_two_sample(args: argparse.Namespace, datamodule: GameDataModule, score
         raise ValueError(f"Invalid --two-sample-features: 'points' for {name}: its samples are images (raw points "
                          f"are for 2-D mixtures); use classifier or inception (or auto)")
     fid_network = scorer.spec.extractor if scorer.spec is not None else None
+    if isinstance(datamodule, StackedMNISTDataModule):  # three digits as channels: each read by the MNIST classifier
+        if asked == "inception":
+            raise ValueError(f"Invalid --two-sample-features: 'inception' for {name}: its channels are three "
+                             f"digits, read one by one; use classifier (or auto)")
+        return TwoSamplePlan("classifier", "mnist", scorer.spec.weights if scorer.spec else None, per_digit=True,
+                             **common)
     if isinstance(datamodule, Sum25DataModule):
         if asked == "inception":
             raise ValueError(f"Invalid --two-sample-features: 'inception' for {name}: its samples are five digits "
@@ -368,6 +384,17 @@ def _plan(args: argparse.Namespace, module: GANModule, datamodule: GameDataModul
                            digit_extractor(spec.weights).to(args.device), args.confidence, args.batch_size)
         return generators, Scorer(SUM25_METRICS, spec, device=args.device, batch_size=args.batch_size, seed=args.seed,
                                   sum25=task)
+    if isinstance(datamodule, StackedMNISTDataModule):
+        if set(asked) - set(STACKED_METRICS):
+            raise ValueError(f"Invalid metrics for {type(datamodule).__name__} (three digits stacked as channels): "
+                             f"{list(asked)}; expected {', '.join(STACKED_METRICS)}")
+        if args.extractor not in (None, "mnist"):
+            raise ValueError(f"Invalid --extractor: {args.extractor!r} for {type(datamodule).__name__}; its digits "
+                             f"are read by the MNIST classifier ('mnist', the default)")
+        spec = resolve_extractor("mnist", args.weights)
+        task = StackedMNISTScorer(digit_extractor(spec.weights).to(args.device), args.confidence, args.batch_size)
+        return generators, Scorer(STACKED_METRICS, spec, device=args.device, batch_size=args.batch_size,
+                                  seed=args.seed, stacked=task)
     if set(asked) - set(METRICS):
         raise ValueError(f"Invalid metrics for image data: {list(asked)}; expected a subset of {', '.join(METRICS)}")
     metrics = asked or METRICS
@@ -402,7 +429,7 @@ def evaluate(args: argparse.Namespace, overrides: Sequence[str] = ()) -> dict[st
     available = len(datamodule.split_dataset(args.real_split))  # type: ignore[arg-type]
     if n > available:
         _note(f"N = {n} exceeds the {available} samples of the {args.real_split} split: real samples repeat")
-    if scorer.spec is not None and scorer.sum25 is None:
+    if scorer.spec is not None and scorer.sum25 is None and scorer.stacked is None:
         scorer = replace(scorer, cache_name=real_cache_name(datamodule, args.real_split, real))
     extractor = None if scorer.spec is None else scorer.spec.extractor
     note = f"N={n}" + (f", extractor {extractor}" if extractor else "") + f", step {progress['global_step']}"
@@ -416,6 +443,10 @@ def evaluate(args: argparse.Namespace, overrides: Sequence[str] = ()) -> dict[st
         label = f"real ({args.real_split})"
         sum25 = {"threshold": scorer.sum25.threshold, "real": values, "histograms": {label: histogram}}
         print(format_line(label, values, note), flush=True)
+    stacked = None
+    if scorer.stacked is not None:  # the real stacks read the same way: the ceiling the classifier allows
+        stacked = {"threshold": scorer.stacked.threshold, "real": scorer.stacked(real)}
+        print(format_line(f"real ({args.real_split})", stacked["real"], note), flush=True)
     for which in generators:
         fake = module.sample(n, which, args.seed, batch_size=args.batch_size).float().cpu()  # type: ignore[arg-type]
         if sum25 is not None and scorer.sum25 is not None:
@@ -428,6 +459,8 @@ def evaluate(args: argparse.Namespace, overrides: Sequence[str] = ()) -> dict[st
             for test in tests[which].values():
                 print(format_two_sample_line(which, test, test_note), flush=True)
     extra = {} if sum25 is None else {"sum25": sum25}
+    if stacked is not None:
+        extra["stacked"] = stacked
     if two_sample is not None:
         extra["two_sample"] = {
             "features": two_sample.features, "network": two_sample.network,

@@ -26,7 +26,9 @@ biased upwards at small N); untrained or collapsed generators score in the hundr
 the sum-to-25 task's values (:mod:`lightning_gan.metrics.sum25`: share of generated tuples whose digits, read by
 the shipped MNIST classifier or ``weights``, sum to 25, confidently or not, and which are training / held-out
 combinations), logged as ``val/<value>_<g>``, e.g. ``val/sum25_ema``, ``val/heldout_combos_live``; no real
-samples are needed.
+samples are needed. ``stacked`` (only with :class:`~lightning_gan.data.StackedMNISTDataModule`): modes covered out of
+1,000 and KL to the uniform of the digit triples read (:mod:`lightning_gan.metrics.stacked_mnist`), logged as
+``val/stacked_modes_<g>``, ``val/stacked_kl_<g>``, ``val/stacked_confident_<g>``, ``val/stacked_modes_confident_<g>``.
 """
 
 from __future__ import annotations
@@ -43,15 +45,17 @@ from torchmetrics import Metric
 from typing_extensions import override
 
 from lightning_gan.callbacks.signals import stopped_by_signal
+from lightning_gan.data.stacked_mnist import StackedMNISTDataModule
 from lightning_gan.data.sum25 import Sum25DataModule
 from lightning_gan.metrics.image_metrics import build_image_metrics, default_extractor
+from lightning_gan.metrics.stacked_mnist import StackedMNISTMetric
 from lightning_gan.metrics.sum25 import Sum25Metric
 from lightning_gan.module import GeneratorChoice
 
 __all__ = ["ImageMetrics"]
 
 GENERATOR_CHOICES: tuple[str, ...] = get_args(GeneratorChoice)
-METRIC_CHOICES = ("fid", "kid", "is", "sum25")
+METRIC_CHOICES = ("fid", "kid", "is", "sum25", "stacked")
 REAL_SPLITS = ("train", "test")
 
 
@@ -66,7 +70,8 @@ class ImageMetrics(Callback):
         every_n_steps: Iterations between evaluations, >= 0; 0 switches the callback off.
         num_samples: Generated and real images per evaluation, over all ranks (FID needs thousands to be
             comparable across papers; a few hundred show trends).
-        metrics: Any of ``fid``, ``kid``, ``is``; or ``sum25`` for :class:`~lightning_gan.data.Sum25DataModule`.
+        metrics: Any of ``fid``, ``kid``, ``is``; or ``sum25`` for :class:`~lightning_gan.data.Sum25DataModule`, or
+            ``stacked`` for :class:`~lightning_gan.data.StackedMNISTDataModule`.
         generators: Any of ``live``, ``uniform``, ``ema``; averages the run does not keep are skipped.
         extractor: ``auto`` (the digit classifier matching the data module, else Inception), ``inception``,
             ``mnist``, ``fashion-mnist`` or ``digits``.
@@ -133,17 +138,24 @@ class ImageMetrics(Callback):
         if not self.enabled or self._metrics is not None:
             return
         extractor = default_extractor(datamodule) if self.extractor == "auto" else self.extractor
-        image_metrics = [m for m in self.metrics if m != "sum25"]
+        image_metrics = [m for m in self.metrics if m not in ("sum25", "stacked")]
         if "sum25" in self.metrics or isinstance(datamodule, Sum25DataModule):
             if not isinstance(datamodule, Sum25DataModule) or image_metrics:
                 raise ValueError(f"Invalid metrics: {self.metrics} for {type(datamodule).__name__}; sum25 scores "
                                  f"Sum25DataModule's (5, 28, 28) tuples, and is the only metric for them")
+            extractor = "mnist"
+        if "stacked" in self.metrics or isinstance(datamodule, StackedMNISTDataModule):
+            if not isinstance(datamodule, StackedMNISTDataModule) or image_metrics:
+                raise ValueError(f"Invalid metrics: {self.metrics} for {type(datamodule).__name__}; stacked scores "
+                                 f"StackedMNISTDataModule's (3, 28, 28) digit triples, and is the only metric for them")
             extractor = "mnist"
         metrics = build_image_metrics(image_metrics, extractor, self.weights, kid_subset_size=self.kid_subset_size,
                                       reset_real_features=False) if image_metrics else {}
         if "sum25" in self.metrics:
             metrics["sum25"] = Sum25Metric(datamodule.train_combinations, datamodule.heldout_combinations,
                                            self.weights, batch_size=self.batch_size)
+        if "stacked" in self.metrics:
+            metrics["stacked"] = StackedMNISTMetric(self.weights, batch_size=self.batch_size)
         self._metrics = metrics
         self.resolved_extractor = extractor
 
@@ -199,7 +211,7 @@ class ImageMetrics(Callback):
                           world_size=world).clamp_(-1.0, 1.0)
             for chunk in fake.split(self.batch_size):
                 for name, metric in self._metrics.items():
-                    if name in ("is", "sum25"):
+                    if name in ("is", "sum25", "stacked"):
                         metric.update(chunk)
                     else:
                         metric.update(chunk, real=False)
@@ -220,7 +232,7 @@ class ImageMetrics(Callback):
                 result = metric.compute()
             if name == "fid":
                 out[f"val/fid_{which}"] = float(result)
-            elif name == "sum25":
+            elif name in ("sum25", "stacked"):
                 out.update({f"val/{key}_{which}": value for key, value in result.items()})
             else:
                 mean, std = result

@@ -6,6 +6,7 @@ from lightning_gan.data.digits import DigitsDataModule
 from lightning_gan.data.folder import ImageFileDataset, ImageFolderDataModule
 from lightning_gan.data.mixtures import GaussianMixtureDataModule, mixture_modes
 from lightning_gan.data.mnist import MNISTDataModule, read_idx
+from lightning_gan.data.stacked_mnist import StackedMNISTDataModule
 from lightning_gan.data.sum25 import Sum25DataModule
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "IndexedTensorDataset",
     "MNISTDataModule",
     "ShardSampler",
+    "StackedMNISTDataModule",
     "Sum25DataModule",
     "mixture_modes",
     "read_idx",

@@ -1,5 +1,6 @@
 """Evaluation: FID / KID / IS (torchmetrics in training, torch-fidelity standalone), offline weights, digit
-feature extractors, toy mixture metrics, and the sum-to-25 task's metrics (:mod:`.sum25`).
+feature extractors, toy mixture metrics, the sum-to-25 task's metrics (:mod:`.sum25`) and stacked MNIST's
+(:mod:`.stacked_mnist`).
 
 Importing this package registers the digit classifiers with torch-fidelity (see :mod:`.features`).
 """
@@ -28,6 +29,7 @@ from lightning_gan.metrics.fidelity import (
     resolve_extractor,
 )
 from lightning_gan.metrics.image_metrics import build_image_metrics, default_extractor, feature_modules
+from lightning_gan.metrics.stacked_mnist import StackedMNISTMetric, score_stacks
 from lightning_gan.metrics.sum25 import Sum25Metric, plot_sum_histograms, score_tuples
 from lightning_gan.metrics.toy import (
     ModeCoverage,
@@ -66,6 +68,7 @@ __all__ = [
     "InceptionWeightsNotFoundError",
     "ModeCoverage",
     "ModeCoverageResult",
+    "StackedMNISTMetric",
     "Sum25Metric",
     "build_image_metrics",
     "check_inception_weights",
@@ -85,6 +88,7 @@ __all__ = [
     "resolve_extractor",
     "resolve_inception_weights",
     "save_classifier",
+    "score_stacks",
     "score_tuples",
     "to_classifier_input",
     "to_uint8",
