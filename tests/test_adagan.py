@@ -125,6 +125,16 @@ def test_a_mixture_of_identical_components_gives_the_components_samples():
         torch.testing.assert_close(mixture(z), component(z[:, :-1]), rtol=1e-6, atol=1e-6)
 
 
+def test_a_mixture_of_one_component_is_that_component_latents_included():
+    component = _generator(0)
+    mixture = MixtureGenerator(component, [1.0])
+    mixture.components[0].load_state_dict(component.state_dict())
+    z = torch.randn(64, component.latent_dim, generator=torch.Generator().manual_seed(3))
+    assert mixture.latent_dim == component.latent_dim  # no picking coordinate: T = 1 samples as the plain run
+    with torch.no_grad():
+        assert torch.equal(mixture(z), component(z))
+
+
 def test_each_sample_comes_from_the_component_its_last_latent_picks():
     components = [_generator(seed) for seed in range(3)]
     mixture = MixtureGenerator(components[0], [0.5, 0.25, 0.25])

@@ -7,6 +7,8 @@ coordinate than a component's, and its last coordinate u ~ N(0, 1) picks compone
 [c_{k-1}, c_k), c the cumulative mixture weights. Since z ~ N(0, I), Phi(u) is uniform on (0, 1) and independent of
 the component's latent z[:, :-1], so component k is picked with probability w_k, and the samples are a deterministic
 function of z: the same on every rank, in every batch split, and under ``GANModule.sample``'s fixed latent stream.
+A mixture of one component has no extra coordinate: it is that component, latents and samples included (so T = 1
+evaluates exactly as the plain run).
 So ``GANModule(generator=MixtureGenerator(...))`` checkpoints load in ``lightning-gan evaluate`` and ``sample`` as any
 run's (``lightning_gan.adagan.run`` writes ``<run folder>/mixture.ckpt`` that way).
 """
@@ -32,7 +34,8 @@ def component_index(u: Tensor, weights: Tensor) -> Tensor:
 
 
 class MixtureGenerator(nn.Module):
-    """A mixture of generators with weights: ``z`` (N, d + 1) -> component ``k(z[:, -1])`` applied to ``z[:, :-1]``.
+    """A mixture of generators with weights: ``z`` (N, d + 1) -> component ``k(z[:, -1])`` applied to ``z[:, :-1]``;
+    with one component, ``z`` (N, d) -> the component of ``z``.
 
     Args:
         component: the components' architecture (each component is a deep copy; load their weights afterwards,
@@ -52,9 +55,11 @@ class MixtureGenerator(nn.Module):
         self.components = nn.ModuleList([component] + [copy.deepcopy(component) for _ in range(values.numel() - 1)])
         self.register_buffer("weights", values / values.sum())
         self.component_latent_dim = latent_dim
-        self.latent_dim = latent_dim + 1
+        self.latent_dim = latent_dim + 1 if len(self.components) > 1 else latent_dim
 
     def forward(self, z: Tensor) -> Tensor:
+        if len(self.components) == 1:
+            return self.components[0](z)
         return mix(list(self.components), self.weights, z)
 
 

@@ -70,14 +70,15 @@ class MixtureModes(Callback):
         if step % self.every_n_steps != 0 and step != trainer.max_steps:
             return
         current = pl_module.generator
-        latent_dim = current.latent_dim + 1
+        latent_dim = current.latent_dim + (1 if self.components else 0)  # a mixture of one is its component
         z = torch.randn(self.num_samples, latent_dim, generator=torch.Generator().manual_seed(self.seed))
         components = [c.to(pl_module.device) for c in self.components] + [current]
         modes = [(m, m.training) for c in components for m in c.modules()]
         for c in components:
             c.eval()
         try:
-            samples = mix(components, self.weights, z.to(pl_module.device)).float().cpu()
+            z = z.to(pl_module.device)
+            samples = (mix(components, self.weights, z) if self.components else current(z)).float().cpu()
         finally:
             for m, training in modes:
                 m.training = training
