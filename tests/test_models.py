@@ -31,6 +31,9 @@ PAIRS = [
     pytest.param(lambda: ResNetGenerator32(latent_dim=16, channels=3, base_width=8),
                  lambda: ResNetDiscriminator32(channels=3, base_width=8), id="resnet-32-c3"),
     pytest.param(lambda: MLPGenerator(), lambda: MLPDiscriminator(), id="mlp-2d"),
+    pytest.param(lambda: MLPGenerator(hidden_dim=16, num_layers=4, batch_norm=True, init_std=0.02),
+                 lambda: MLPDiscriminator(hidden_dim=8, activation="maxout", maxout_pieces=5, init_std=0.02),
+                 id="mlp-2d-protocol-players"),
 ]
 
 

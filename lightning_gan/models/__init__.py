@@ -2,7 +2,7 @@
 map (N, *shape) to one raw score per sample, shape (N,)."""
 
 from lightning_gan.models.dcgan import DCGANDiscriminator, DCGANGenerator
-from lightning_gan.models.mlp import MLPDiscriminator, MLPGenerator
+from lightning_gan.models.mlp import Maxout, MLPDiscriminator, MLPGenerator
 from lightning_gan.models.resnet import ResNetDiscriminator32, ResNetGenerator32
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "DCGANGenerator",
     "MLPDiscriminator",
     "MLPGenerator",
+    "Maxout",
     "ResNetDiscriminator32",
     "ResNetGenerator32",
 ]
