@@ -14,7 +14,8 @@ block in is in one file. It holds:
 * Collective helpers: :func:`all_reduce_mean_`, :func:`all_reduce_sum_`, :func:`broadcast_tensors_`,
   :func:`sync_buffers_`, :func:`reduce_boolean_decision`, :func:`agree_max` and :func:`check_ddp_consistency`. Each
   sends one flat buffer per (device, dtype) group, never one message per parameter, and makes no collective call at
-  all without a process group or with a world size of 1.
+  all without a process group or with a world size of 1. The flat buffers of the all-reduces and broadcasts are
+  allocated once per list of shapes and reused (:class:`_FlatBuffers`), not concatenated anew at every call.
 * Lost ranks: the strategy's ``collective_timeout`` (the command's ``--collective_timeout``) bounds every collective
   once training runs (the rendezvous keeps the long ``timeout``: ranks may start minutes apart); gloo then raises on
   the waiting rank, :func:`is_collective_failure` tells that from other errors, and :func:`roll_call` names the ranks
@@ -56,7 +57,7 @@ from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from torch._utils import _unflatten_dense_tensors
 from typing_extensions import override
 
 __all__ = [
@@ -269,20 +270,69 @@ def _groups(tensors: list[Tensor]) -> list[list[Tensor]]:
     return list(groups.values())
 
 
+class _FlatBuffers:
+    """Persistent flat buffers of the collectives, one per (device, dtype, shapes) of a group of tensors.
+
+    ``torch.cat`` (``_flatten_dense_tensors``) allocates a new buffer of the group's size at every call: a whole
+    gradient's worth per evaluation of the field. Here the buffer of a list of shapes is allocated at its first use
+    and reused: the tensors are copied into views of it (``torch._foreach_copy_``), the collective runs on it, and
+    the results are copied back from the views; the same bytes move, so results are bit for bit those of the
+    ``torch.cat`` path. A scheme asks for a few lists of shapes (both players, G alone, D alone, buffers), so the
+    cache keeps the ``capacity`` most recently used and drops the oldest beyond that (memory: at most ``capacity``
+    buffers, each the size of its group). A group of one contiguous tensor is sent as itself (a view, no copy).
+    """
+
+    def __init__(self, capacity: int = 8) -> None:
+        self.capacity = capacity
+        self._cache: dict[tuple, tuple[Tensor, list[Tensor]]] = {}
+        self.allocations = 0  # buffers allocated so far (for tests and benchmarks)
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def flat(self, group: list[Tensor]) -> tuple[Tensor, list[Tensor] | None]:
+        """The group's values in one contiguous 1-D tensor, and the views of it to copy back from (None when the
+        tensor is the group's only tensor itself, already contiguous: the collective then works in place)."""
+        if len(group) == 1 and group[0].is_contiguous():
+            return group[0].view(-1), None
+        first = group[0]
+        key = (first.device, first.dtype, tuple(tuple(t.shape) for t in group))
+        entry = self._cache.pop(key, None)  # re-inserted below: the dict's order is the order of use
+        if entry is None:
+            buffer = torch.empty(sum(t.numel() for t in group), dtype=first.dtype, device=first.device)
+            views = [v.view_as(t) for v, t in zip(buffer.split([t.numel() for t in group]), group)]
+            entry = (buffer, views)
+            self.allocations += 1
+        self._cache[key] = entry
+        while len(self._cache) > self.capacity:
+            del self._cache[next(iter(self._cache))]
+        buffer, views = entry
+        torch._foreach_copy_(views, group)
+        return buffer, views
+
+
+#: The flat buffers of :func:`all_reduce_mean_`, :func:`all_reduce_sum_` and :func:`broadcast_tensors_`.
+_FLAT_BUFFERS = _FlatBuffers()
+
+
 @torch.no_grad()
 def _all_reduce_flat_(tensors: list[Tensor], *, mean: bool) -> None:
     """Sum (then divide) each group through one flat buffer; groups are launched together and then waited for."""
     n = world_size()
     pending = []
     for group in _groups(tensors):
-        flat = _flatten_dense_tensors(group)  # one copy into a contiguous buffer (a view if the group is one tensor)
+        flat, views = _FLAT_BUFFERS.flat(group)  # a persistent buffer per list of shapes (a view for one tensor)
         # SUM then divide: ReduceOp.AVG exists for NCCL only, not for gloo
-        pending.append((group, flat, dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True)))
-    for group, flat, work in pending:
+        pending.append((group, flat, views, dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True)))
+    for group, flat, views, work in pending:
         work.wait()
         if mean:
             flat.div_(n)
-        torch._foreach_copy_(group, _unflatten_dense_tensors(flat, group))
+        if views is not None:
+            torch._foreach_copy_(group, views)
 
 
 def all_reduce_mean_(tensors: Sequence[Tensor]) -> None:
@@ -393,11 +443,12 @@ def broadcast_tensors_(tensors: Sequence[Tensor], src: int = 0) -> None:
         return
     pending = []
     for group in _groups(tensors):
-        flat = _flatten_dense_tensors(group)
-        pending.append((group, flat, dist.broadcast(flat, src=src, async_op=True)))
-    for group, flat, work in pending:
+        flat, views = _FLAT_BUFFERS.flat(group)
+        pending.append((group, views, dist.broadcast(flat, src=src, async_op=True)))
+    for group, views, work in pending:
         work.wait()
-        torch._foreach_copy_(group, _unflatten_dense_tensors(flat, group))
+        if views is not None:
+            torch._foreach_copy_(group, views)
 
 
 def sync_buffers_(module: nn.Module, src: int = 0) -> None:

@@ -103,8 +103,10 @@ def adam_updates(
         step = _get_value(step_t)
         bias_correction1 = 1 - beta1**step
         bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-        updates.append(exp_avg.div(denom).mul_(lr / bias_correction1))
+        # one new tensor per parameter: the denominator, then the update written over it (same kernels and
+        # operands as ``(exp_avg_sq.sqrt() / bc2).add_(eps)`` and ``exp_avg.div(denom).mul_(...)``: same bits)
+        denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(eps)
+        updates.append(torch.div(exp_avg, denom, out=denom).mul_(lr / bias_correction1))
     return updates
 
 
