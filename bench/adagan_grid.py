@@ -1,14 +1,15 @@
 """AdaGAN on the grid of 25: modes covered by the mixture of T = 1, 3, 5, 10 components of a small generator.
 
 Each seed is one AdaGAN run (``configs/adagan_grid_small.yaml``: the protocol's grid data cut to 20,000 samples, an
-MLP generator with 2 hidden layers of 32 units, 1000 iterations per component, one thread) grown to T components
+MLP generator with 2 hidden layers of 32 units against a 3 x 128 discriminator, alternating with 5 D steps per G step,
+which alone collapses to a few modes; 1000 iterations per component, one thread) grown to T components
 with the same command and a larger ``--adagan.components`` (a finished run continues with the next components, so the
 T = 3 mixture of a seed is the first three components of its T = 10 run, with uniform weights 1/3). After each T the
 mixture is scored as the VEEGAN / PacGAN protocol scores a generator: ``lightning-gan evaluate --metrics modes
 --num-samples 2500 --generator live`` (modes with at least one sample within 3 std, and the share of such samples).
 Each command runs as its own process, so the wall times include start-up (~5 s per command).
 
-    python bench/adagan_grid.py --seeds 0 1 --jobs 2 --out bench/out/adagan_grid      # ~4 min on 2 cores
+    python bench/adagan_grid.py --seeds 0 1 --jobs 2 --out bench/out/adagan_grid      # ~7 min on 2 cores
     python bench/adagan_grid.py --seeds 0 --components 1 2 --steps 50 --out /tmp/ag   # smoke test, ~40 s
 
 Writes ``adagan_grid.json`` (every run, command and wall time) and ``adagan_grid.md`` (the table) to ``--out``.
