@@ -10,7 +10,11 @@ mixture is scored as the VEEGAN / PacGAN protocol scores a generator: ``lightnin
 Each command runs as its own process, so the wall times include start-up (~5 s per command).
 
     python bench/adagan_grid.py --seeds 0 1 --jobs 2 --out bench/out/adagan_grid      # ~7 min on 2 cores
+    python bench/adagan_grid.py --seeds 0 1 --jobs 2 --reweighting none --out bench/out/adagan_grid_control
     python bench/adagan_grid.py --seeds 0 --components 1 2 --steps 50 --out /tmp/ag   # smoke test, ~40 s
+
+``--reweighting none`` is the control: the same components (seeds + t) on the uniform data, i.e. a plain mixture of
+independently trained GANs, which tells what AdaGAN's reweighting adds to ensembling.
 
 Writes ``adagan_grid.json`` (every run, command and wall time) and ``adagan_grid.md`` (the table) to ``--out``.
 """
@@ -42,13 +46,14 @@ def _run(command: list[str], log: Path) -> float:
     return time.perf_counter() - start
 
 
-def one_seed(seed: int, components: list[int], steps: int | None, out: Path) -> list[dict]:
+def one_seed(seed: int, components: list[int], steps: int | None, out: Path, reweighting: str) -> list[dict]:
     root = out / "runs" / f"seed{seed}"
     log = out / f"seed{seed}.log"
     rows, trained = [], 0.0
     for t in components:
         train = [sys.executable, "-m", "lightning_gan", "adagan", "--config", str(CONFIG.relative_to(REPO)),
-                 "--adagan.components", str(t), "--seed_everything", str(seed), "--trainer.default_root_dir", str(root)]
+                 "--adagan.components", str(t), "--adagan.reweighting", reweighting, "--seed_everything", str(seed),
+                 "--trainer.default_root_dir", str(root)]
         if steps is not None:
             train += ["--trainer.max_steps", str(steps)]
         trained += _run(train, log)
@@ -74,15 +79,19 @@ def main() -> None:
     p.add_argument("--components", type=int, nargs="+", default=[1, 3, 5, 10])
     p.add_argument("--steps", type=int, help="iterations per component (default: the config's 1000)")
     p.add_argument("--jobs", type=int, default=1, help="seeds run side by side")
+    p.add_argument("--reweighting", choices=("theory_star", "none"), default="theory_star",
+                   help="none: the control, a plain mixture of independently trained GANs (no data weights)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "adagan_grid")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with ThreadPoolExecutor(args.jobs) as pool:
-        per_seed = list(pool.map(lambda s: one_seed(s, sorted(args.components), args.steps, args.out), args.seeds))
+        per_seed = list(pool.map(lambda s: one_seed(s, sorted(args.components), args.steps, args.out,
+                                                          args.reweighting), args.seeds))
     rows = [row for seed_rows in per_seed for row in seed_rows]
     wall = time.perf_counter() - start
     (args.out / "adagan_grid.json").write_text(json.dumps({"config": str(CONFIG.relative_to(REPO)),
+                                                           "reweighting": args.reweighting,
                                                            "steps_per_component": args.steps or 1000,
                                                            "wall_s": round(wall, 1), "rows": rows}, indent=2) + "\n")
     lines = ["| T | " + " | ".join(f"seed {s}: modes, high quality" for s in args.seeds) + " |",

@@ -143,6 +143,24 @@ def test_constant_beta_ema_components_and_growing_a_finished_run(config, tmp_pat
         assert torch.equal(mixture["state_dict"][f"generator.components.2.{key}"], value), key
 
 
+def test_reweighting_none_is_a_mixture_of_plain_fit_runs_with_their_seeds(config, tmp_path, cli_process_state):
+    """The control: component t is the `fit` run with seeds + t on the uniform data, no classifier, no weights."""
+    from gan_fixtures import fit_in_process
+
+    root = tmp_path / "control"
+    _adagan(config, root, "--adagan.components=2", "--adagan.reweighting=none", "--trainer.max_steps=8",
+            "--trainer.strategy=auto")
+    state = json.loads((root / "adagan.json").read_text())
+    assert state["data_weights"] == {} and not (root / "component_1" / "data_weights.pt").exists()
+    assert state["mixture_weights"] == pytest.approx([0.5, 0.5])
+    plain = fit_in_process(tmp_path / "plain", config, "--trainer.max_steps=8", "--seed_everything=1",
+                           "--model.seed=1")
+    expected = read_checkpoint(plain)["state_dict"]
+    component = read_checkpoint(root / "component_1" / "checkpoints" / "last.ckpt")["state_dict"]
+    for key, value in expected.items():
+        assert torch.equal(component[key], value), key
+
+
 def test_one_component_is_a_plain_fit_run(config, tmp_path, cli_process_state):
     """T = 1: component 0 is the `fit` run with the same arguments (uniform data, the user's seeds), bit for bit."""
     from gan_fixtures import fit_in_process
@@ -162,6 +180,7 @@ def test_one_component_is_a_plain_fit_run(config, tmp_path, cli_process_state):
     (["--adagan.components=0"], "Invalid adagan.components: 0; expected an integer >= 1"),
     (["--adagan.beta=linear"], "Invalid adagan.beta: 'linear'"),
     (["--adagan.beta_constant=1.5"], "Invalid adagan.beta_constant: 1.5"),
+    (["--adagan.reweighting=topk"], "Invalid adagan.reweighting: 'topk'; expected one of theory_star, none"),
     (["--adagan.generator=uniform"], "Invalid adagan.generator: 'uniform'; the components keep live, ema"),
     (["--model.scheme=leapfrog"], "Invalid scheme: 'leapfrog'"),
     (["--ckpt_path=last"], "Invalid ckpt_path"),

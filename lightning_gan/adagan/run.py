@@ -71,6 +71,8 @@ __all__ = ["AdaGANSettings", "build_parser", "main", "run"]
 STATE_FILE = "adagan.json"
 MIXTURE_FILE = "mixture.ckpt"
 GENERATORS = ("live", "uniform", "ema")
+#: Data weights of the components after the first: the paper's, or none (the ensembling control).
+REWEIGHTINGS = ("theory_star", "none")
 LAUNCHES = ("auto", "in_process", "subprocess")
 #: Options the run sets per component: given to ``adagan`` they would send every component to one place.
 _REFUSED = ("--ckpt_path", "--checkpoint.dirpath")
@@ -90,6 +92,7 @@ class AdaGANSettings:
 
     components: int = 1
     beta: str = "uniform"
+    reweighting: str = "theory_star"
     beta_constant: float = 0.5
     generator: str = "live"
     classifier_epochs: int = 5
@@ -104,6 +107,9 @@ class AdaGANSettings:
             raise ValueError(f"Invalid adagan.components: {self.components}; expected an integer >= 1")
         if self.beta not in BETA_RULES:
             raise ValueError(f"Invalid adagan.beta: {self.beta!r}; expected one of {', '.join(BETA_RULES)}")
+        if self.reweighting not in REWEIGHTINGS:
+            raise ValueError(f"Invalid adagan.reweighting: {self.reweighting!r}; expected one of "
+                             f"{', '.join(REWEIGHTINGS)}")
         if not 0.0 < self.beta_constant <= 1.0:
             raise ValueError(f"Invalid adagan.beta_constant: {self.beta_constant}; expected 0 < beta_constant <= 1")
         if self.generator not in GENERATORS:
@@ -139,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--adagan.beta", dest="beta", default="uniform", metavar="RULE",
                    help="mixture weight of component t >= 1: uniform (1/(t+1), all components end at 1/T) or constant "
                         "(beta_constant) (default uniform)")
+    g.add_argument("--adagan.reweighting", dest="reweighting", default="theory_star", metavar="RULE",
+                   help="data weights of component t >= 1: theory_star (the paper's closed form) or none (every "
+                        "component on the uniform data: a plain mixture of independently trained GANs, the control "
+                        "that tells AdaGAN's reweighting from ensembling) (default theory_star)")
     g.add_argument("--adagan.beta_constant", dest="beta_constant", type=float, default=0.5, metavar="B",
                    help="beta of the constant rule, 0 < B <= 1 (default 0.5)")
     g.add_argument("--adagan.generator", dest="generator", default="live", metavar="NAME",
@@ -410,7 +420,7 @@ def run(settings: AdaGANSettings, rest: list[str]) -> Path:
         folder = _component_dir(root, t)
         folder.mkdir(parents=True, exist_ok=True)
         weights_file = None
-        if t > 0:
+        if t > 0 and settings.reweighting != "none":
             weights_file = folder / "data_weights.pt"
             if not weights_file.is_file():
                 _note(f"component {t}: reweighting the data (classifier of real vs mixture, beta {beta:.4g})")
