@@ -116,7 +116,9 @@ class GANGame:
         """Keep the mean losses of this evaluation; a one-player evaluation keeps the other player's last ones."""
         def mean(name: str) -> Tensor | None:
             items = [getattr(v, name) for v in values]
-            return None if items[0] is None else torch.stack(items).mean()
+            if items[0] is None:
+                return None
+            return items[0] if len(items) == 1 else torch.stack(items).mean()  # one micro-batch: no stack and mean
 
         for name in ("generator_loss", "discriminator_loss", "d_real", "d_fake"):
             value = mean(name)
