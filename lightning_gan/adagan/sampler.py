@@ -10,7 +10,7 @@ sequence, the ranks' k-th micro-batches together are the k-th block (what one ra
 collective is needed. A pass holds ``N // (W * B)`` blocks (about N samples, the reference's epoch); pass e is drawn
 from seed ``seed + e``.
 
-Like GameSampler it counts its passes itself (Lightning's ``set_epoch`` is ignored) and keeps its position in
+A GameSampler subclass, it counts its passes itself (Lightning's ``set_epoch`` is ignored) and keeps its position in
 ``state_dict()``, which ``StatefulDataLoader`` stores in checkpoints, so that a resumed run continues mid-pass with the
 very indices an uninterrupted one draws.
 
@@ -20,12 +20,11 @@ that is refused at construction (``ValueError`` naming the count), before any tr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DistributedSampler
+
+from lightning_gan.data.sampler import GameSampler
 
 __all__ = ["WeightedGameSampler", "check_weights"]
 
@@ -46,7 +45,7 @@ def check_weights(weights: Tensor, size: int, block: int) -> Tensor:
     return w
 
 
-class WeightedGameSampler(DistributedSampler):
+class WeightedGameSampler(GameSampler):
     """Rank ``rank`` of ``num_replicas`` takes positions rank, rank + W, ... of each weighted block of W*B indices.
 
     Args:
@@ -60,8 +59,7 @@ class WeightedGameSampler(DistributedSampler):
 
     def __init__(self, size: int, num_replicas: int, rank: int, weights: Tensor, batch_size: int,
                  seed: int = 0) -> None:
-        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=True,  # type: ignore[arg-type]
-                         seed=seed, drop_last=True)
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, seed=seed)  # type: ignore[arg-type]
         if batch_size < 1:
             raise ValueError(f"Invalid batch_size: {batch_size}; expected an integer >= 1")
         self.size = size
@@ -74,15 +72,9 @@ class WeightedGameSampler(DistributedSampler):
                              f"batch_size = {self.block}")
         self.num_samples = self.blocks_per_pass * batch_size  # this rank's indices per pass
         self.total_size = self.blocks_per_pass * self.block
-        self.yielded = 0
-        self._started = False
-        self._resume_at: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return self.num_samples
-
-    def set_epoch(self, epoch: int) -> None:
-        """Ignored: the sampler counts passes itself (see :mod:`lightning_gan.data.sampler`)."""
 
     def global_sequence(self, epoch: int) -> Tensor:
         """All ranks' indices of pass ``epoch``, block after block (int64, ``blocks_per_pass * W * B``)."""
@@ -91,23 +83,5 @@ class WeightedGameSampler(DistributedSampler):
                   for _ in range(self.blocks_per_pass)]
         return torch.cat(blocks)
 
-    def __iter__(self) -> Iterator[int]:
-        if self._resume_at is not None:
-            self.epoch, start = self._resume_at
-            self._resume_at = None
-        else:
-            if self._started:
-                self.epoch += 1
-            start = 0
-        self._started = True
-        self.yielded = start
-        mine = self.global_sequence(self.epoch)[self.rank::self.num_replicas].tolist()
-        for index in mine[start:]:
-            self.yielded += 1
-            yield index
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "yielded": self.yielded}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._resume_at = (int(state["epoch"]), int(state["yielded"]))
+    def _pass_indices(self) -> list[int]:
+        return self.global_sequence(self.epoch)[self.rank::self.num_replicas].tolist()

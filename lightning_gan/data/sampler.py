@@ -49,10 +49,13 @@ class GameSampler(DistributedSampler):
             start = 0
         self._started = True
         self.yielded = start
-        indices = list(super().__iter__())
-        for index in indices[start:]:
+        for index in self._pass_indices()[start:]:
             self.yielded += 1
             yield index
+
+    def _pass_indices(self) -> list[int]:
+        """This rank's indices of pass ``self.epoch`` (subclasses draw them otherwise, e.g. with weights)."""
+        return list(super().__iter__())
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "yielded": self.yielded}
