@@ -355,6 +355,19 @@ def _note(message: str) -> None:
     print(f"{PROG} evaluate: {message}", file=sys.stderr, flush=True)
 
 
+def _digit_task_extractor(args: argparse.Namespace, datamodule: GameDataModule, asked: Sequence[str],
+                          allowed: Sequence[str], what: str) -> ExtractorSpec:
+    """The MNIST classifier that reads a digit task's channels (sum-to-25, stacked MNIST), once the metrics asked
+    are the task's own and no other extractor is."""
+    if set(asked) - set(allowed):
+        raise ValueError(f"Invalid metrics for {type(datamodule).__name__} ({what}): {list(asked)}; expected "
+                         f"{', '.join(allowed)}")
+    if args.extractor not in (None, "mnist"):
+        raise ValueError(f"Invalid --extractor: {args.extractor!r} for {type(datamodule).__name__}; its digits are read "
+                         "by the MNIST classifier ('mnist', the default)")
+    return resolve_extractor("mnist", args.weights)
+
+
 def _plan(args: argparse.Namespace, module: GANModule, datamodule: GameDataModule) -> tuple[list[str], Scorer]:
     """Generators and scorer, checked against the run; resolves (and so checks) the extractor's weights."""
     kept = kept_generators(module)
@@ -373,25 +386,13 @@ def _plan(args: argparse.Namespace, module: GANModule, datamodule: GameDataModul
                              f"a subset of {', '.join(TOY_METRICS)}")
         return generators, Scorer(asked or TOY_METRICS, modes=datamodule.modes, std=datamodule.std)
     if isinstance(datamodule, Sum25DataModule):
-        if set(asked) - set(SUM25_METRICS):
-            raise ValueError(f"Invalid metrics for {type(datamodule).__name__} (five digits stacked as channels): "
-                             f"{list(asked)}; expected {', '.join(SUM25_METRICS)}")
-        if args.extractor not in (None, "mnist"):
-            raise ValueError(f"Invalid --extractor: {args.extractor!r} for {type(datamodule).__name__}; its digits "
-                             f"are read by the MNIST classifier ('mnist', the default)")
-        spec = resolve_extractor("mnist", args.weights)
+        spec = _digit_task_extractor(args, datamodule, asked, SUM25_METRICS, "five digits stacked as channels")
         task = Sum25Scorer(datamodule.train_combinations, datamodule.heldout_combinations,
                            digit_extractor(spec.weights).to(args.device), args.confidence, args.batch_size)
         return generators, Scorer(SUM25_METRICS, spec, device=args.device, batch_size=args.batch_size, seed=args.seed,
                                   sum25=task)
     if isinstance(datamodule, StackedMNISTDataModule):
-        if set(asked) - set(STACKED_METRICS):
-            raise ValueError(f"Invalid metrics for {type(datamodule).__name__} (three digits stacked as channels): "
-                             f"{list(asked)}; expected {', '.join(STACKED_METRICS)}")
-        if args.extractor not in (None, "mnist"):
-            raise ValueError(f"Invalid --extractor: {args.extractor!r} for {type(datamodule).__name__}; its digits "
-                             f"are read by the MNIST classifier ('mnist', the default)")
-        spec = resolve_extractor("mnist", args.weights)
+        spec = _digit_task_extractor(args, datamodule, asked, STACKED_METRICS, "three digits stacked as channels")
         task = StackedMNISTScorer(digit_extractor(spec.weights).to(args.device), args.confidence, args.batch_size)
         return generators, Scorer(STACKED_METRICS, spec, device=args.device, batch_size=args.batch_size,
                                   seed=args.seed, stacked=task)

@@ -295,6 +295,10 @@ class GameDataModule(LightningDataModule):
         size = len(dataset)  # type: ignore[arg-type]
         generator = torch.Generator().manual_seed(self.seed)
         order = torch.cat([torch.randperm(size, generator=generator) for _ in range(math.ceil(n / size))])[:n]
+        return self.gather_samples(dataset, order)
+
+    def gather_samples(self, dataset: Dataset, order: Tensor) -> Tensor:
+        """The samples ``order`` of ``dataset``, stacked (data sets with a one-indexing gather override this)."""
         if isinstance(dataset, IndexedTensorDataset):  # one gather instead of n item lookups
             x = dataset.data[order]
             return to_unit_range(x) if x.dtype == torch.uint8 else x.clone()

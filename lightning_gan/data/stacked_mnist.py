@@ -28,7 +28,6 @@ Deviations, and why:
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import numpy as np
@@ -137,15 +136,9 @@ class StackedMNISTDataModule(GameDataModule):
         self.labels = image_labels[picks]
         self.train_set = StackedMNISTDataset(images, picks, self.labels)
 
-    def sample_real(self, n: int, split: str = "train") -> Tensor:
-        """The base class's samples (same seeded order), stacked in one gather instead of ``n`` item lookups."""
-        if n < 1:
-            raise ValueError(f"Invalid n: {n}; expected an integer >= 1")
-        dataset = self.split_dataset(split)
+    def gather_samples(self, dataset: Dataset, order: Tensor) -> Tensor:
+        """Stacked in one gather instead of ``len(order)`` item lookups."""
         assert isinstance(dataset, StackedMNISTDataset)
-        generator = torch.Generator().manual_seed(self.seed)
-        order = torch.cat([torch.randperm(len(dataset), generator=generator)
-                           for _ in range(math.ceil(n / len(dataset)))])[:n]
         return dataset.stack(order)
 
     # -- data on the device: the images and the table, stacked by the gather ------------------------------------------

@@ -35,7 +35,6 @@ Deviations, and why:
 from __future__ import annotations
 
 import itertools
-import math
 from functools import cached_property
 from typing import Literal
 
@@ -207,13 +206,7 @@ class Sum25DataModule(GameDataModule):
     def val_dataloader(self) -> DataLoader | list:
         return self._val_loader()
 
-    def sample_real(self, n: int, split: str = "train") -> Tensor:
-        """The base class's samples (same seeded order), gathered in one indexing instead of ``n`` item lookups."""
-        if n < 1:
-            raise ValueError(f"Invalid n: {n}; expected an integer >= 1")
-        dataset = self.split_dataset(split)
+    def gather_samples(self, dataset: Dataset, order: Tensor) -> Tensor:
+        """Gathered in one indexing instead of ``len(order)`` item lookups."""
         assert isinstance(dataset, Sum25Dataset)
-        generator = torch.Generator().manual_seed(self.seed)
-        order = torch.cat([torch.randperm(len(dataset), generator=generator)
-                           for _ in range(math.ceil(n / len(dataset)))])[:n]
         return to_unit_range(dataset.images[dataset.picks[order]])
