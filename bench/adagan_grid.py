@@ -9,8 +9,8 @@ mixture is scored as the VEEGAN / PacGAN protocol scores a generator: ``lightnin
 --num-samples 2500 --generator live`` (modes with at least one sample within 3 std, and the share of such samples).
 Each command runs as its own process, so the wall times include start-up (~5 s per command).
 
-    python bench/adagan_grid.py --seeds 0 1 --jobs 2 --out bench/out/adagan_grid      # ~7 min on 2 cores
-    python bench/adagan_grid.py --seeds 0 1 --jobs 2 --reweighting none --out bench/out/adagan_grid_control
+    python bench/adagan_grid.py --seeds 0 1 2 3 --jobs 2 --out bench/out/adagan_grid  # ~11 min on 2 cores
+    python bench/adagan_grid.py --seeds 0 1 2 3 --jobs 2 --reweighting none --out bench/out/adagan_grid_control
     python bench/adagan_grid.py --seeds 0 --components 1 2 --steps 50 --out /tmp/ag   # smoke test, ~40 s
 
 ``--reweighting none`` is the control: the same components (seeds + t) on the uniform data, i.e. a plain mixture of
