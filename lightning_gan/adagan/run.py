@@ -146,9 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixture weight of component t >= 1: uniform (1/(t+1), all components end at 1/T) or constant "
                         "(beta_constant) (default uniform)")
     g.add_argument("--adagan.reweighting", dest="reweighting", default="theory_star", metavar="RULE",
-                   help="data weights of component t >= 1: theory_star (the paper's closed form) or none (every "
-                        "component on the uniform data: a plain mixture of independently trained GANs, the control "
-                        "that tells AdaGAN's reweighting from ensembling) (default theory_star)")
+                   help="data weights of components t >= 1: theory_star (the paper's) or none (uniform data: "
+                        "the ensembling control) (default theory_star)")
     g.add_argument("--adagan.beta_constant", dest="beta_constant", type=float, default=0.5, metavar="B",
                    help="beta of the constant rule, 0 < B <= 1 (default 0.5)")
     g.add_argument("--adagan.generator", dest="generator", default="live", metavar="NAME",
@@ -165,9 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (one device: in this process; several: one command per component), in_process or "
                         "subprocess (default auto)")
     g.add_argument("--adagan.monitor_every", dest="monitor_every", type=int, default=0, metavar="K",
-                   help="every K iterations of a component, log the mode metrics of the mixture it makes (previous "
-                        "components and this one at beta_t; 2-D mixture data) as adagan/mixture_modes and "
-                        "adagan/mixture_high_quality (default 0: off)")
+                   help="every K iterations of a component, log the mode metrics of the mixture it makes (2-D "
+                        "mixture data): adagan/mixture_modes, adagan/mixture_high_quality (default 0: off)")
     return p
 
 
