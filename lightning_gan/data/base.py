@@ -72,6 +72,30 @@ class IndexedTensorDataset(Dataset):
         return (to_unit_range(x) if x.dtype == torch.uint8 else x), index
 
 
+class DigitStackDataset(Dataset):
+    """Items ``(x, index)``: x (K, H, W) float32 in [-1, 1], channel k the image ``picks[index, k]`` of ``images`` (the
+    sum-to-25 task's five digits, stacked MNIST's three), stacked on access from uint8 images.
+
+    Attributes:
+        images: uint8 (M, H, W) digit images.
+        picks: int64 (N, K) image index of each channel of each sample.
+        labels: int64 (N, K) the digit of each channel.
+    """
+
+    def __init__(self, images: Tensor, picks: Tensor, labels: Tensor) -> None:
+        self.images, self.picks, self.labels = images, picks, labels
+
+    def __len__(self) -> int:
+        return self.picks.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return to_unit_range(self.images[self.picks[index]]), index
+
+    def stack(self, rows: Tensor) -> Tensor:
+        """float32 (len(rows), K, H, W) in [-1, 1]: the samples ``rows``, in one gather."""
+        return to_unit_range(self.images[self.picks[rows]])
+
+
 class DeviceIndices(NamedTuple):
     """A training batch of the ``on_device`` path before the gather: the sampler's indices only (int64)."""
 
@@ -298,10 +322,12 @@ class GameDataModule(LightningDataModule):
         return self.gather_samples(dataset, order)
 
     def gather_samples(self, dataset: Dataset, order: Tensor) -> Tensor:
-        """The samples ``order`` of ``dataset``, stacked (data sets with a one-indexing gather override this)."""
-        if isinstance(dataset, IndexedTensorDataset):  # one gather instead of n item lookups
+        """The samples ``order`` of ``dataset``, stacked (one gather for in-memory sets, not n item lookups)."""
+        if isinstance(dataset, IndexedTensorDataset):
             x = dataset.data[order]
             return to_unit_range(x) if x.dtype == torch.uint8 else x.clone()
+        if isinstance(dataset, DigitStackDataset):
+            return dataset.stack(order)
         return torch.stack([dataset[i][0] for i in order.tolist()])
 
     def split_dataset(self, split: str) -> Dataset:

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lightning_gan.data.base import GameDataModule, to_unit_range
+from lightning_gan.data.base import DigitStackDataset, GameDataModule, to_unit_range
 from lightning_gan.data.mnist import _FILES, MNISTDataModule
 
 __all__ = ["NUM_CHANNELS", "NUM_MODES", "REFERENCE_NUM_SAMPLES", "StackedMNISTDataModule", "StackedMNISTDataset",
@@ -62,27 +62,9 @@ def draw_stacks(num_images: int, num: int, seed: int) -> Tensor:
     return torch.from_numpy(rng.integers(num_images, size=(num, NUM_CHANNELS), dtype=np.int64))
 
 
-class StackedMNISTDataset(Dataset):
-    """Items ``(x, index)``: x (3, 28, 28) float32 in [-1, 1], channel k the image ``picks[index, k]`` of ``images``.
-
-    Attributes:
-        images: uint8 (M, 28, 28) MNIST images.
-        picks: int64 (N, 3) image index of each channel of each sample.
-        labels: int64 (N, 3) the digit of each channel (the sample's mode is :func:`triple_codes` of its row).
-    """
-
-    def __init__(self, images: Tensor, picks: Tensor, labels: Tensor) -> None:
-        self.images, self.picks, self.labels = images, picks, labels
-
-    def __len__(self) -> int:
-        return self.picks.shape[0]
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return to_unit_range(self.images[self.picks[index]]), index
-
-    def stack(self, rows: Tensor) -> Tensor:
-        """float32 (len(rows), 3, 28, 28) in [-1, 1]: the samples ``rows``, in one gather."""
-        return to_unit_range(self.images[self.picks[rows]])
+class StackedMNISTDataset(DigitStackDataset):
+    """Items ``(x, index)``: x (3, 28, 28) float32 in [-1, 1], channel k the image ``picks[index, k]`` of ``images``; the
+    sample's mode is :func:`triple_codes` of its row of ``labels``."""
 
 
 class StackedMNISTDataModule(GameDataModule):
@@ -135,11 +117,6 @@ class StackedMNISTDataModule(GameDataModule):
         picks = draw_stacks(len(images), self.num_samples, self.seed)
         self.labels = image_labels[picks]
         self.train_set = StackedMNISTDataset(images, picks, self.labels)
-
-    def gather_samples(self, dataset: Dataset, order: Tensor) -> Tensor:
-        """Stacked in one gather instead of ``len(order)`` item lookups."""
-        assert isinstance(dataset, StackedMNISTDataset)
-        return dataset.stack(order)
 
     # -- data on the device: the images and the table, stacked by the gather ------------------------------------------
     def _refuse_on_device_unless_one_tensor(self, dataset: Dataset) -> None:

@@ -41,9 +41,9 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from lightning_gan.data.base import GameDataModule, to_unit_range
+from lightning_gan.data.base import DigitStackDataset, GameDataModule
 from lightning_gan.data.mnist import _FILES, MNISTDataModule
 
 __all__ = ["NUM_DIGITS", "TARGET_SUM", "Sum25DataModule", "Sum25Dataset", "side_by_side", "split_combinations",
@@ -88,23 +88,9 @@ def side_by_side(images: Tensor) -> Tensor:
     return displayable(images)
 
 
-class Sum25Dataset(Dataset):
-    """Items ``(x, index)``: x (5, 28, 28) float32 in [-1, 1], the five images ``picks[index]`` of ``images``.
-
-    Attributes:
-        images: uint8 (M, 28, 28) digit images.
-        picks: int64 (L, 5) image index of each digit of each tuple.
-        labels: int64 (L, 5) the digits of each tuple (each row sums to 25).
-    """
-
-    def __init__(self, images: Tensor, picks: Tensor, labels: Tensor) -> None:
-        self.images, self.picks, self.labels = images, picks, labels
-
-    def __len__(self) -> int:
-        return self.picks.shape[0]
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return to_unit_range(self.images[self.picks[index]]), index
+class Sum25Dataset(DigitStackDataset):
+    """Items ``(x, index)``: x (5, 28, 28) float32 in [-1, 1], the five images ``picks[index]`` of ``images``; each row
+    of ``labels`` sums to 25."""
 
 
 def draw_tuples(combinations: Tensor, image_labels: Tensor, num: int, seed: int, stream: int) -> tuple[Tensor, Tensor]:
@@ -206,7 +192,3 @@ class Sum25DataModule(GameDataModule):
     def val_dataloader(self) -> DataLoader | list:
         return self._val_loader()
 
-    def gather_samples(self, dataset: Dataset, order: Tensor) -> Tensor:
-        """Gathered in one indexing instead of ``len(order)`` item lookups."""
-        assert isinstance(dataset, Sum25Dataset)
-        return to_unit_range(dataset.images[dataset.picks[order]])
