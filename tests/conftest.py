@@ -40,3 +40,20 @@ def cli_process_state(monkeypatch):
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def offline_and_clean(monkeypatch, tmp_path):
+    """For tests that evaluate: no network, a fresh torch home (fidelity cache, hub cache) and no Inception variable;
+    sys.argv as a console script would see it (the CLI reads its arguments from `args` only)."""
+    import urllib.request
+
+    from lightning_gan.metrics import ENV_INCEPTION_WEIGHTS
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args[:1]}")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.delenv(ENV_INCEPTION_WEIGHTS, raising=False)
+    monkeypatch.setattr(sys, "argv", ["lightning-gan"])

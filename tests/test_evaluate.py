@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -74,16 +73,8 @@ def ring_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def offline_and_clean(monkeypatch, tmp_path):
-    """No network, a fresh torch home (fidelity cache, hub cache) and no Inception variable; sys.argv as a console
-    script would see it (the CLI reads its arguments from `args` only)."""
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args[:1]}")
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.delenv(ENV_INCEPTION_WEIGHTS, raising=False)
-    monkeypatch.setattr(sys, "argv", ["lightning-gan"])
+def _offline(offline_and_clean):
+    """Every test here runs offline and clean (conftest's ``offline_and_clean``)."""
 
 
 def run_evaluate(ckpt: Path, *args: str) -> dict:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,6 @@ import torch
 from gan_fixtures import fit_in_process
 
 from lightning_gan.cli import main
-from lightning_gan.metrics import ENV_INCEPTION_WEIGHTS
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning"),  # torchdata 0.11 on torch 2.14
@@ -44,14 +41,8 @@ def digits_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def offline_and_clean(monkeypatch, tmp_path):
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args[:1]}")
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.delenv(ENV_INCEPTION_WEIGHTS, raising=False)
-    monkeypatch.setattr(sys, "argv", ["lightning-gan"])
+def _offline(offline_and_clean):
+    """Every test here runs offline and clean (conftest's ``offline_and_clean``)."""
 
 
 def run_evaluate(ckpt: Path, out: Path, *args: str) -> dict:
